@@ -1,0 +1,50 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both create/refresh the virtualenv .venv (torch, tritonserver from the nvidia-pytriton wheel,
+# DALI, ONNX Runtime, ...) and the perf_analyzer tool venv in .tools/perf.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= client,train,export,serve,dali,ray,dev
+STAMP := $(VENV)/.installed
+PERF_VENV := .tools/perf
+PERF_STAMP := $(PERF_VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup tools demo test test-fast bench clean configs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (ENVIRONMENT.md);
+# it lives in its own venv so the project keeps a current tritonclient.
+tools: $(PERF_STAMP)
+
+$(PERF_STAMP): Makefile
+	@dpkg -s libb64-0d >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+	  (apt-get install -y -q libb64-0d >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null)); }
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PERF_VENV)/bin/python -m pip install -q "tritonclient[all]==2.50.0" nvidia-cuda-runtime-cu12
+	touch $(PERF_STAMP)
+
+demo: setup
+	$(VENV)/bin/vidcls demo
+
+test: setup tools
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not server and not slow" $(PYTEST_ARGS)
+
+# Regenerate the checked-in gpu model repository configs from the config object.
+configs: setup
+	$(VENV)/bin/vidcls export --configs-only model_repository --target gpu
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache

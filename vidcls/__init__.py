@@ -1,0 +1,3 @@
+"""vidcls: video-content classification served by NVIDIA Triton Inference Server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,292 @@
+"""The single source of truth: classes, shapes, numbers, model and tensor names.
+
+Everything else (feature extraction, training, ONNX export, Triton config generation, the python
+backend models, the DALI pipeline and the client) reads a :class:`VidclsConfig`. It is frozen,
+serializes to JSON (checkpoints and model repositories carry it) and is torch-free so that the
+serving image and the client can import it.
+
+The defaults are the numbers of DESIGN.md section 1; :meth:`VidclsConfig.tiny` is the small
+configuration the tests and the demo use (same code paths, smaller numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+# Output width of each backbone with its classification head replaced by identity.
+# "tiny" is our own small random-init CNN for tests, the demo and offline use (see
+# vidcls.models.backbone); it is not an ImageNet model.
+BACKBONE_DIMS: dict[str, int] = {
+    "efficientnet_v2_s": 1280,
+    "efficientnet_v2_m": 1280,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "tiny": 128,
+}
+
+CLASSES: tuple[str, ...] = ("Animation", "Flat_Content", "Gaming", "Natural_Content")
+TTA_VIEWS: tuple[str, ...] = ("original", "reverse", "speed_up", "speed_down")
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """SuperEnhancedTemporalModel hyperparameters; the keys of the reference's model_config."""
+
+    feature_dim: int = 1280
+    hidden_dim: int = 768
+    num_classes: int = 4
+    num_lstm_layers: int = 4
+    num_attention_heads: int = 12
+    dropout: float = 0.4
+    bidirectional: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training recipe (DESIGN.md 1.4). Defaults reproduce the reference; improvements are opt-in."""
+
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    batch_size: int = 48
+    epochs: int = 150
+    patience: int = 25
+    cosine_t0: int = 20
+    cosine_t_mult: int = 2
+    cosine_eta_min: float = 1e-6
+    # The reference stepped the warm-restart scheduler once per batch; "epoch" is the opt-in fix.
+    scheduler_step: str = "batch"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    alpha_min: float = 0.5
+    alpha_max: float = 10.0
+    balanced_sampler: bool = True
+    grad_clip: float = 1.0
+    aug_subsample_p: float = 0.5
+    aug_subsample_min_frac: float = 0.7
+    aug_subsample_min_rows: int = 8
+    aug_roll_p: float = 0.3
+    aug_roll_max: int = 3
+    aug_noise_p: float = 0.2
+    aug_noise_sigma: float = 0.01
+    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (DESIGN 1.3).
+    mask_padding: bool = True
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the probe accepts before any decoding (issue 6). Each limit is named in its error."""
+
+    max_bytes: int = 512 * 1024 * 1024
+    max_duration_s: float = 4 * 3600.0
+    max_frames: int = 500_000
+    max_width: int = 4096
+    max_height: int = 4096
+    min_side: int = 2
+    # FFmpeg demuxer names (as PyAV reports container.format.name, comma lists split).
+    allowed_containers: tuple[str, ...] = (
+        "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "ogg",
+    )
+    allowed_codecs: tuple[str, ...] = (
+        "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "theora",
+    )
+    # A stream whose tail does not decode is accepted when at most this share of its counted
+    # frames is missing (the missing sampled frames repeat the last decoded one).
+    max_missing_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Triton model names, tensor names and batching. Nothing else spells these strings."""
+
+    ensemble: str = "vidcls"
+    probe: str = "video_probe"
+    decode: str = "video_decode"
+    backbone: str = "backbone"
+    views: str = "temporal_views"
+    temporal_prefix: str = "temporal_"
+    average: str = "ensemble_average"
+
+    video: str = "VIDEO"
+    frame_indices: str = "FRAME_INDICES"
+    frames: str = "FRAMES"
+    features: str = "FEATURES"
+    view_prefix: str = "VIEW_"
+    sequence: str = "SEQUENCE"
+    probs: str = "PROBS"
+    probabilities: str = "PROBABILITIES"
+    class_name: str = "CLASS_NAME"
+
+    # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
+    probe_batch: int = 16
+    decode_batch: int = 8
+    backbone_batch: int = 4
+    views_batch: int = 16
+    temporal_batch: int = 16
+    average_batch: int = 16
+    max_queue_delay_us: int = 2000
+    # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default).
+    ort_intra_op_threads: int = 0
+    # TensorRT / ORT-TRT: workspace sized for a 10 GB A100 MIG slice.
+    trt_workspace_bytes: int = 2 * 1024 ** 3
+
+
+@dataclass(frozen=True)
+class VidclsConfig:
+    classes: tuple[str, ...] = CLASSES
+    num_frames: int = 64
+    frame_size: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    backbone: str = "efficientnet_v2_s"
+    backbone_batch: int = 24
+    scales: tuple[float, ...] = (1.0, 0.85, 1.15)
+    tta_views: tuple[str, ...] = TTA_VIEWS
+    num_models: int = 4
+    seed: int = 42
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    limits: InputLimits = field(default_factory=InputLimits)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONE_DIMS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONE_DIMS)}")
+        if self.temporal.feature_dim != BACKBONE_DIMS[self.backbone]:
+            raise ValueError(
+                f"temporal.feature_dim={self.temporal.feature_dim} does not match backbone "
+                f"{self.backbone} ({BACKBONE_DIMS[self.backbone]}-d); use VidclsConfig.for_backbone()"
+            )
+        if self.temporal.num_classes != len(self.classes):
+            raise ValueError("temporal.num_classes must equal len(classes)")
+        unknown = set(self.tta_views) - set(TTA_VIEWS)
+        if unknown:
+            raise ValueError(f"unknown TTA views {sorted(unknown)}")
+        if self.num_frames < 1 or self.frame_size < 2:
+            raise ValueError("num_frames >= 1 and frame_size >= 2 required")
+
+    # ---- derived numbers -------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return BACKBONE_DIMS[self.backbone]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def display_names(self) -> tuple[str, ...]:
+        return tuple(c.replace("_", " ") for c in self.classes)
+
+    @property
+    def seq_len(self) -> int:
+        """Length L of the multi-scale sequence (73 for the defaults)."""
+        from vidcls.sampling import multiscale_length
+
+        return multiscale_length(self.num_frames, self.scales)
+
+    @property
+    def view_lengths(self) -> dict[str, int]:
+        """Sequence length of each TTA view (73, 73, 36, 109 for the defaults)."""
+        from vidcls.sampling import view_indices
+
+        return {v: len(view_indices(self.seq_len, v)) for v in self.tta_views}
+
+    @property
+    def model_seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.num_models))
+
+    def temporal_model_names(self) -> list[str]:
+        return [f"{self.serving.temporal_prefix}{i}" for i in range(self.num_models)]
+
+    def view_tensor(self, view: str) -> str:
+        return f"{self.serving.view_prefix}{view.upper()}"
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def for_backbone(cls, backbone: str, **overrides: Any) -> "VidclsConfig":
+        """A config for ``backbone`` with temporal.feature_dim set to match it."""
+        temporal = overrides.pop("temporal", TemporalConfig())
+        if isinstance(temporal, Mapping):
+            temporal = TemporalConfig(**temporal)
+        temporal = dataclasses.replace(temporal, feature_dim=BACKBONE_DIMS[backbone])
+        return cls(backbone=backbone, temporal=temporal, **overrides)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "VidclsConfig":
+        """Small numbers for tests: 16 frames of 64x64, the tiny CNN, a small temporal model."""
+        base = dict(
+            num_frames=16,
+            frame_size=64,
+            backbone_batch=16,
+            temporal=TemporalConfig(feature_dim=BACKBONE_DIMS["tiny"], hidden_dim=32,
+                                    num_lstm_layers=2, num_attention_heads=2, dropout=0.1),
+            train=TrainConfig(batch_size=16, epochs=30, patience=10, cosine_t0=10),
+        )
+        base.update(overrides)
+        return cls(backbone="tiny", **base)
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> "VidclsConfig":
+        """The demo: real frame count and size, tiny CNN, a small two-model ensemble."""
+        base = dict(
+            num_models=2,
+            temporal=TemporalConfig(feature_dim=BACKBONE_DIMS["tiny"], hidden_dim=64,
+                                    num_lstm_layers=1, num_attention_heads=4, dropout=0.2),
+            train=TrainConfig(batch_size=16, epochs=40, patience=12, cosine_t0=10),
+        )
+        base.update(overrides)
+        return cls(backbone="tiny", **base)
+
+    def replace(self, **changes: Any) -> "VidclsConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "VidclsConfig":
+        return _build(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "VidclsConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VidclsConfig":
+        return cls.from_json(Path(path).read_text())
+
+
+def _build(cls: type, data: Mapping[str, Any]) -> Any:
+    """Rebuild a (nested) frozen dataclass from plain JSON data; lists become tuples.
+
+    Unknown keys are an error, so a typo in a hand-edited config does not pass silently.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls, "__dataclass_fields__")[name]
+        sub = default.default_factory() if default.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub) and isinstance(value, Mapping):
+            kwargs[name] = _build(type(sub), value)
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+DEFAULT = VidclsConfig()

@@ -1,0 +1,1 @@
+"""PyTorch models (training, export and the reference pipeline; never imported by serving)."""

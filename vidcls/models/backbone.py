@@ -1,0 +1,120 @@
+"""Frozen frame backbones: uint8 RGB frames [N, H, W, 3] in, feature vectors [N, D] out.
+
+Preprocessing (/255, ImageNet mean/std, NHWC→NCHW) is part of the module, so the exported ONNX
+graph / TensorRT engine takes the decoder's uint8 frames directly and nothing between decode and
+backbone copies or converts them.
+
+Weights: ``imagenet`` (torchvision's, needs them in the torch hub cache: nothing is downloaded on
+these machines), a local file (a state_dict saved with torch.save or safetensors) or ``none``
+(random init from a fixed seed, deterministic, for tests and offline use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vidcls.config import BACKBONE_DIMS, VidclsConfig
+
+
+class TinyCNN(nn.Module):
+    """A small CNN (4 strided convs, ~0.06 GFLOP per 256x256 frame) for tests and the demo.
+
+    Random-init features of a conv stack still separate colour, edge and texture statistics,
+    which is what the synthetic classes differ in; average + max pooling keeps both the mean
+    look and the strongest local responses (text, outlines, HUD).
+    """
+
+    def __init__(self, dim: int = BACKBONE_DIMS["tiny"]):
+        super().__init__()
+        half = dim // 2
+        chans = [3, 16, 32, 64, half]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+
+
+def _torchvision_model(name: str, imagenet: bool) -> nn.Module:
+    import torchvision.models as tvm
+
+    weights = {
+        "efficientnet_v2_s": tvm.EfficientNet_V2_S_Weights.IMAGENET1K_V1,
+        "efficientnet_v2_m": tvm.EfficientNet_V2_M_Weights.IMAGENET1K_V1,
+        "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
+        "resnet101": tvm.ResNet101_Weights.IMAGENET1K_V2,
+    }[name]
+    model = getattr(tvm, name)(weights=weights if imagenet else None)
+    if name.startswith("resnet"):
+        model.fc = nn.Identity()
+    else:
+        model.classifier = nn.Identity()
+    return model
+
+
+class FrameBackbone(nn.Module):
+    """Normalization + CNN, frozen, eval mode. uint8 [N, H, W, 3] → float32 [N, D]."""
+
+    def __init__(self, cnn: nn.Module, mean, std):
+        super().__init__()
+        self.cnn = cnn
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrameBackbone":
+        return super().train(False)  # frozen: BatchNorm statistics and dropout never change
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = (x - self.mean) / self.std
+        return self.cnn(x)
+
+
+def build_backbone(config: VidclsConfig, weights: str = "none", seed: int = 0) -> FrameBackbone:
+    """The backbone of ``config``; ``weights`` is 'imagenet', 'none' or a path to a state dict."""
+    name = config.backbone
+    if name not in BACKBONE_DIMS:
+        raise ValueError(f"unknown backbone {name!r}")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # 'none' is random but reproducible: extraction and export agree
+    try:
+        if name == "tiny":
+            cnn: nn.Module = TinyCNN(BACKBONE_DIMS["tiny"])
+            if weights == "imagenet":
+                raise ValueError("the tiny backbone has no ImageNet weights; use 'none' or a file")
+        else:
+            cnn = _torchvision_model(name, imagenet=(weights == "imagenet"))
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if weights not in ("none", "imagenet"):
+        cnn.load_state_dict(_load_state_dict(Path(weights)))
+    return FrameBackbone(cnn, config.mean, config.std)
+
+
+def _load_state_dict(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"backbone weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:  # weights_only: a state dict of tensors, never arbitrary pickled objects
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    # The classification head was replaced by identity; a full torchvision state dict still loads.
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+
+
+@torch.inference_mode()
+def extract_features(backbone: FrameBackbone, frames, batch: int, device: str = "cpu") -> torch.Tensor:
+    """Run the backbone over [T, H, W, 3] uint8 frames in chunks of ``batch`` → float32 [T, D] on CPU."""
+    frames = torch.as_tensor(frames)
+    outs = [backbone(frames[i:i + batch].to(device)).float().cpu() for i in range(0, len(frames), batch)]
+    return torch.cat(outs)

@@ -1,0 +1,1 @@
+"""Triton python-backend model implementations (torch-free: numpy, PyAV, onnxruntime)."""

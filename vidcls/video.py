@@ -1,0 +1,236 @@
+"""Video I/O with PyAV: probe (validate + count frames), decode exactly the sampled frames, encode.
+
+This is the reference decoder: feature extraction, the Triton cpu decode step and the PyTorch
+reference pipeline all call :func:`load_frames`, so training and serving see the same pixels.
+torch-free: the python backend models import it.
+
+Every rejection is a :class:`VideoError` whose ``code`` says which check failed, so callers (the
+probe, ``vidcls extract``, the client) can report it per file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+from vidcls.config import InputLimits, VidclsConfig
+from vidcls.sampling import sample_indices
+
+Source = Union[bytes, bytearray, memoryview, np.ndarray, str, os.PathLike]
+
+# The scaler both decoders use to go to frame_size x frame_size (no crop, aspect not kept).
+RESIZE_INTERPOLATION = "BILINEAR"
+
+
+class VideoError(ValueError):
+    """A file that cannot be classified; ``code`` names the failed check or limit."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    container: str
+    codec: str
+    width: int
+    height: int
+    num_frames: int  # counted from the packets, not the header (headers can lie)
+    duration_s: float
+    size_bytes: int
+
+
+def _as_file(source: Source):
+    """A file object PyAV can open, plus the byte size; never copies a numpy buffer twice."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return open(path, "rb"), path.stat().st_size
+    if isinstance(source, np.ndarray):
+        source = np.ascontiguousarray(source).reshape(-1).view(np.uint8).data
+    return io.BytesIO(source), memoryview(source).nbytes
+
+
+def _open(fileobj):
+    import av
+
+    try:
+        # No network protocols, no format guessing from a file name: bytes only.
+        return av.open(fileobj, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoError("not_a_video", f"FFmpeg cannot read the container ({exc.__class__.__name__})") from None
+    except Exception as exc:  # PyAV raises plain errors on some garbage (e.g. UnicodeDecodeError)
+        raise VideoError("not_a_video", f"cannot open the file ({exc.__class__.__name__})") from None
+
+
+def _video_stream(container):
+    streams = [s for s in container.streams if s.type == "video"]
+    # Attached pictures (cover art in audio files) are video streams with one frame: not video.
+    streams = [s for s in streams if not (s.disposition & 0x0400)]  # AV_DISPOSITION_ATTACHED_PIC
+    if not streams:
+        raise VideoError("no_video_stream", "the file has no video stream (audio-only or not a video)")
+    return streams[0]
+
+
+def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
+    """Validate ``source`` against ``limits`` and count its frames, without decoding any.
+
+    Frames are counted by demuxing packets, so a container that claims more frames than it holds
+    (or none at all) is counted correctly, and the count stops as soon as a limit is passed.
+    """
+    limits = limits or InputLimits()
+    fileobj, size = _as_file(source)
+    if size == 0:
+        raise VideoError("empty", "the file is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
+    with fileobj, _open(fileobj) as container:
+        fmt_names = set(container.format.name.split(","))
+        if not fmt_names & set(limits.allowed_containers):
+            raise VideoError("container", f"container {container.format.name!r} is not allowed "
+                             f"(allowed: {', '.join(limits.allowed_containers)})")
+        stream = _video_stream(container)
+        codec = stream.codec_context.name
+        if codec not in limits.allowed_codecs:
+            raise VideoError("codec", f"codec {codec!r} is not allowed (allowed: {', '.join(limits.allowed_codecs)})")
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width > limits.max_width or height > limits.max_height:
+            raise VideoError("max_resolution", f"{width}x{height} is over the limit of "
+                             f"{limits.max_width}x{limits.max_height}")
+        if min(width, height) < limits.min_side:
+            raise VideoError("min_resolution", f"{width}x{height}: each side must be at least {limits.min_side} pixels")
+        header_duration = _stream_duration(stream, container)
+        if header_duration > limits.max_duration_s:
+            raise VideoError("max_duration", f"{header_duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
+        count, last_pts = 0, None
+        first_pts = None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet at the end
+                    continue
+                count += 1
+                if packet.pts is not None:
+                    first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                    last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
+                if count > limits.max_frames:
+                    raise VideoError("max_frames", f"more than {limits.max_frames} frames")
+        except VideoError:
+            raise
+        except Exception as exc:
+            if count == 0:
+                raise VideoError("corrupt", f"the video stream cannot be read ({exc.__class__.__name__})") from None
+            # A damaged tail: keep the packets read so far.
+        if count == 0:
+            raise VideoError("no_frames", "the video stream has no frames")
+        duration = header_duration
+        if last_pts is not None and stream.time_base is not None:
+            duration = max(duration, float((last_pts - first_pts) * stream.time_base))
+        if duration > limits.max_duration_s:
+            raise VideoError("max_duration", f"{duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
+        return ProbeResult(container=container.format.name, codec=codec, width=width, height=height,
+                           num_frames=count, duration_s=duration, size_bytes=size)
+
+
+def _stream_duration(stream, container) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000.0
+    return 0.0
+
+
+def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: int | None = None,
+                  max_missing_fraction: float = 0.1) -> np.ndarray:
+    """Decode the frames at ``indices`` (decode order = presentation order) → uint8 [len, size, size, 3] RGB.
+
+    Only the sampled frames are converted and resized; decoding stops after the last one needed.
+    If the stream ends early (a damaged tail) by at most ``max_missing_fraction`` of
+    ``num_frames``, the missing sampled frames repeat the last decoded one; beyond that it is an
+    error rather than a guess.
+    """
+    import av
+
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    last_needed = int(indices.max())
+    wanted: dict[int, list[int]] = {}
+    for pos, idx in enumerate(indices.tolist()):
+        wanted.setdefault(idx, []).append(pos)
+    fileobj, _ = _as_file(source)
+    decoded = 0
+    last = None
+    with fileobj, _open(fileobj) as container:
+        stream = _video_stream(container)
+        try:
+            for frame in container.decode(stream):
+                i = decoded
+                decoded += 1
+                if i in wanted:
+                    last = frame.to_ndarray(format="rgb24", width=size, height=size,
+                                            interpolation=RESIZE_INTERPOLATION)
+                    for pos in wanted[i]:
+                        out[pos] = last
+                if i >= last_needed:
+                    break
+        except av.error.FFmpegError:
+            pass  # a damaged stream: judge by how many frames came out, below
+    if decoded == 0:
+        raise VideoError("corrupt", "no frame of the video stream could be decoded")
+    if decoded <= last_needed:
+        expected = num_frames or (last_needed + 1)
+        missing = expected - decoded
+        if missing > max(1, max_missing_fraction * expected):
+            raise VideoError("corrupt", f"only {decoded} of {expected} frames could be decoded")
+        if last is None:  # none of the sampled frames came out before the stream ended
+            raise VideoError("corrupt", f"only {decoded} of {expected} frames could be decoded")
+        for idx, positions in wanted.items():
+            if idx >= decoded:
+                out[positions] = last
+    return out
+
+
+def load_frames(source: Source, config: VidclsConfig) -> tuple[np.ndarray, ProbeResult]:
+    """The reference decoder: probe, sample ``config.num_frames`` indices, decode them, resize."""
+    info = probe(source, config.limits)
+    indices = sample_indices(info.num_frames, config.num_frames)
+    frames = decode_frames(source, indices, config.frame_size, info.num_frames,
+                           config.limits.max_missing_fraction)
+    return frames, info
+
+
+def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
+                 codec: str = "libx264", pix_fmt: str = "yuv420p",
+                 options: dict[str, str] | None = None) -> Path:
+    """Write RGB uint8 frames [H, W, 3] to ``path`` (container from the suffix)."""
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
+    rate = Fraction(fps).limit_denominator(1000)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if options:
+            stream.options = dict(options)
+        for arr in _chain(first, frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
