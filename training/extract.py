@@ -1,0 +1,260 @@
+"""``vidcls extract DATA OUT``: Stage 1, labeled videos → ``{split}_features_multiscale.h5``.
+
+Per video: the reference decoder (:func:`vidcls.video.load_frames`: probe, T uniform indices,
+decode, resize) → the backbone ONCE on the T frames (chunks of ``config.backbone_batch``) →
+multi-scale gather + average (:func:`vidcls.sampling.multiscale`) → one row of the feature file.
+
+The building blocks are separate so that a distributed driver can reuse them:
+
+- :func:`list_videos` gives the canonical work list of a split (sorted by video id);
+- :func:`extract_videos` processes an explicit list of videos into one file (a shard);
+- :func:`merge_shards` combines shard files into the file a single process would have written
+  (rows in the canonical sorted order).
+
+Re-running skips the video ids already in the file, so an interrupted run resumes. Files that do
+not decode are reported (``{split}_errors.jsonl`` beside the feature file, and the summary) and
+skipped; the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from vidcls.config import BACKBONE_DIMS, VidclsConfig
+from vidcls.training.features_h5 import FeatureWriter, split_path
+
+SPLITS = ("train", "val", "test")
+PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: Path
+    label: int
+    video_id: str  # "split/Class/file.mp4": stable across machines, the resume and merge key
+
+
+@dataclass
+class ExtractSummary:
+    path: Path
+    added: int = 0
+    skipped: int = 0  # already in the file (resume)
+    errors: list[dict] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def line(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.path.name}: {self.added} added, {self.skipped} already there, "
+                f"{len(self.errors)} unreadable, {self.seconds:.1f} s ({rate:.1f} frames/s)")
+
+
+# ---- configuration ------------------------------------------------------------------------
+def resolve_config(preset: str = "default", config_file: str | Path | None = None,
+                   backbone: str | None = None) -> VidclsConfig:
+    """--config file wins over --preset; --backbone swaps the backbone (and feature_dim)."""
+    config = VidclsConfig.load(config_file) if config_file else PRESETS[preset]()
+    if backbone and backbone != config.backbone:
+        data = config.to_dict()
+        data["backbone"] = backbone
+        data["temporal"]["feature_dim"] = BACKBONE_DIMS[backbone]
+        config = VidclsConfig.from_dict(data)
+    return config
+
+
+# ---- work lists ---------------------------------------------------------------------------
+def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> list[VideoItem]:
+    """Every file under DATA/split/<class>/ (sorted by video id). Unknown folders are ignored
+    with a warning; half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
+    root = Path(data_dir)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        return []
+    items = []
+    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        if folder.name not in classes:
+            print(f"warning: {folder} is not a class folder ({', '.join(classes)}); ignored", file=sys.stderr)
+            continue
+        label = list(classes).index(folder.name)
+        for f in folder.iterdir():
+            if f.is_file() and not f.name.startswith(".") and ".partial." not in f.name:
+                items.append(VideoItem(f, label, f.relative_to(root).as_posix()))
+    return sorted(items, key=lambda it: it.video_id)
+
+
+def as_items(videos: Iterable, root: str | Path | None = None) -> list[VideoItem]:
+    """Accept VideoItems or (path, label) pairs; ids are paths relative to ``root`` (or names)."""
+    out = []
+    for v in videos:
+        if isinstance(v, VideoItem):
+            out.append(v)
+            continue
+        path, label = Path(v[0]), int(v[1])
+        vid = path.relative_to(root).as_posix() if root else path.name
+        out.append(VideoItem(path, label, vid))
+    return out
+
+
+# ---- one video, one file ------------------------------------------------------------------
+def video_sequence(path: Path, config: VidclsConfig, backbone, device: str = "cpu") -> np.ndarray:
+    """Decode → backbone once on T frames → multi-scale [L, D] float32."""
+    from vidcls.models.backbone import extract_features
+    from vidcls.sampling import multiscale
+    from vidcls.video import load_frames
+
+    frames, _ = load_frames(path, config)
+    features = extract_features(backbone, frames, config.backbone_batch, device)
+    return multiscale(features.numpy(), config.scales).astype(np.float32)
+
+
+def extract_videos(videos: Iterable, out_path: str | Path, config: VidclsConfig, backbone,
+                   backbone_weights: str = "none", device: str = "cpu", errors_path: str | Path | None = None,
+                   root: str | Path | None = None, progress: bool = True, verbose: bool = False,
+                   stop_after: int | None = None) -> ExtractSummary:
+    """Process an explicit list of videos into ``out_path`` (created or resumed).
+
+    Videos whose id is already in the file are skipped. ``stop_after`` ends the run after that
+    many new videos (tests use it to simulate an interruption).
+    """
+    from tqdm import tqdm
+
+    items = as_items(videos, root)
+    summary = ExtractSummary(Path(out_path))
+    start = time.perf_counter()
+    errors_file = _open_errors(errors_path)
+    with FeatureWriter(out_path, config, backbone_weights) as writer:
+        done = set(writer.video_ids())
+        todo = [it for it in items if it.video_id not in done]
+        summary.skipped = len(items) - len(todo)
+        bar = tqdm(todo, desc=Path(out_path).stem, unit="video", disable=not progress, file=sys.stderr)
+        for item in bar:
+            if stop_after is not None and summary.added >= stop_after:
+                summary.stopped_early = True
+                break
+            try:
+                seq = video_sequence(item.path, config, backbone, device)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+                _record_error(summary, errors_file, item, exc)
+                bar.set_postfix(errors=len(summary.errors))
+                continue
+            writer.append(item.video_id, seq, item.label)
+            summary.added += 1
+            summary.frames += config.num_frames
+            if verbose:
+                print(f"done {item.video_id}", flush=True)
+        bar.close()
+    if errors_file:
+        errors_file.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _open_errors(errors_path):
+    if errors_path is None:
+        return None
+    errors_path = Path(errors_path)
+    errors_path.parent.mkdir(parents=True, exist_ok=True)
+    return open(errors_path, "w")  # this run's verdicts: failed videos are retried on each run
+
+
+def _record_error(summary: ExtractSummary, errors_file, item: VideoItem, exc: Exception) -> None:
+    from vidcls.video import VideoError
+
+    record = {"video_id": item.video_id, "path": str(item.path),
+              "code": exc.code if isinstance(exc, VideoError) else type(exc).__name__,
+              "error": str(exc)}
+    summary.errors.append(record)
+    if errors_file:
+        errors_file.write(json.dumps(record) + "\n")
+        errors_file.flush()
+
+
+# ---- shards -------------------------------------------------------------------------------
+def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> Path:
+    """Combine shard files into one file equal to a single-process run: same attrs, rows in
+    sorted video-id order. Shards must share backbone, weights, frames, size and scales."""
+    import h5py
+
+    rows: dict[str, tuple[int, int]] = {}
+    configs, weights = set(), set()
+    handles = [h5py.File(p, "r") for p in shard_paths]
+    try:
+        for s, f in enumerate(handles):
+            configs.add(_text(f.attrs["vidcls_config"]))
+            weights.add(_text(f.attrs["backbone_weights"]))
+            for r, vid in enumerate(f["video_ids"][: int(f.attrs["num_videos"])]):
+                vid = _text(vid)
+                if vid in rows:
+                    raise ValueError(f"video {vid} is in two shards")
+                rows[vid] = (s, r)
+        if len(configs) != 1 or len(weights) != 1:
+            raise ValueError("the shards were made with different configs or backbone weights")
+        config = VidclsConfig.from_json(configs.pop())
+        out_path = Path(out_path)
+        if out_path.exists():
+            out_path.unlink()
+        with FeatureWriter(out_path, config, weights.pop()) as writer:
+            for vid in sorted(rows):
+                s, r = rows[vid]
+                f = handles[s]
+                writer.append(vid, f["features"][r], int(f["labels"][r]), int(f["num_frames"][r]))
+    finally:
+        for f in handles:
+            f.close()
+    return out_path
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ---- CLI ----------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="folder with {train,val,test}/<class>/<video files>")
+    parser.add_argument("out", type=Path, help="folder for {split}_features_multiscale.h5 (+ {split}_errors.jsonl)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to extract (missing ones are skipped)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="config preset: default = DESIGN numbers, tiny = tests, demo = 64 frames/256px + tiny CNN")
+    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON file (overrides --preset)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONE_DIMS), default=None, help="override the config's backbone")
+    parser.add_argument("--weights", default=None,
+                        help="backbone weights: imagenet, none (random, seeded) or a state-dict file "
+                             "(default: imagenet for torchvision backbones, none for tiny)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--verbose", action="store_true", help="print one line per finished video")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidcls.models.backbone import build_backbone
+
+    config = resolve_config(args.preset, args.config, args.backbone)
+    weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
+    backbone = build_backbone(config, weights).to(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    total_errors = 0
+    for split in args.splits:
+        items = list_videos(args.data, split, config.classes)
+        if not items:
+            print(f"{split}: no videos under {args.data / split}, skipped")
+            continue
+        out = split_path(args.out, split)
+        summary = extract_videos(items, out, config, backbone, weights, args.device,
+                                 errors_path=args.out / f"{split}_errors.jsonl",
+                                 progress=not args.no_progress, verbose=args.verbose)
+        print(summary.line())
+        for err in summary.errors:
+            print(f"  unreadable: {err['video_id']}: {err['error']}")
+        total_errors += len(summary.errors)
+    if total_errors:
+        print(f"{total_errors} unreadable file(s) skipped; see {args.out}/*_errors.jsonl")
+    return 0
