@@ -1,0 +1,340 @@
+"""``vidcls classify PATHS... --url HOST:PORT``: batch classification over gRPC to CSV/JSONL.
+
+Files are sent to the Triton ensemble with bounded concurrency (asyncio, tritonclient.grpc.aio).
+Each result is written and flushed as it arrives, so a killed run loses nothing it finished and
+``--resume`` continues it without classifying a file twice. A file the server rejects is recorded
+with the server's message and the run goes on; transient failures (server down or restarting)
+are retried with exponential backoff and, with several ``--url`` values, fail over to another
+endpoint. The exit code is non-zero when any file in the output failed.
+
+Python API (the demo uses it)::
+
+    summary = classify_paths(["videos/"], "127.0.0.1:8001", output="results.csv")
+    summary.records   # one dict per file, the same fields as the output
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from vidcls.client.fleet import POLICIES, Fleet
+from vidcls.client.inputs import collect_inputs
+from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
+                                   make_client)
+from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
+from vidcls.config import VidclsConfig
+
+DEFAULT_URL = "127.0.0.1:8001"
+
+
+@dataclass
+class ClassifyOptions:
+    urls: Sequence[str] = (DEFAULT_URL,)
+    output: str | None = None  # None: keep records in memory only; "-": stdout
+    fmt: str = "auto"
+    concurrency: int = 4
+    retries: int = 8
+    backoff: float = 0.5
+    backoff_max: float = 8.0
+    policy: str = "least-outstanding"
+    resume: bool = False
+    retry_failed: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    tls: TLSOptions = field(default_factory=TLSOptions)
+    config: VidclsConfig = field(default_factory=VidclsConfig)
+    model: str | None = None
+    model_version: str = ""
+    timeout: float | None = 300.0
+    shm: bool = False
+    top_k: int = 0
+
+    def request_options(self) -> RequestOptions:
+        return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
+                              model_version=self.model_version, timeout=self.timeout, shm=self.shm,
+                              top_k=self.top_k)
+
+
+@dataclass
+class Summary:
+    total: int = 0  # inputs found
+    skipped: int = 0  # already in the output (--resume)
+    classified: int = 0
+    failed: int = 0
+    previously_failed: int = 0  # failed records kept from an earlier run
+    retries: int = 0
+    elapsed_s: float = 0.0
+    per_class: Counter = field(default_factory=Counter)
+    per_endpoint: dict[str, int] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    output: str | None = None
+
+    @property
+    def throughput(self) -> float:
+        done = self.classified + self.failed
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if (self.failed or self.previously_failed) else 0
+
+    def format(self, max_errors: int = 10) -> str:
+        lines = [f"classified {self.classified}, failed {self.failed}, skipped (already in output) "
+                 f"{self.skipped} of {self.total} inputs in {self.elapsed_s:.1f} s "
+                 f"({self.throughput:.2f} videos/s, {self.retries} retries)"]
+        if self.per_class:
+            lines.append("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(self.per_class.items())))
+        if len(self.per_endpoint) > 1:
+            lines.append("per endpoint: " + ", ".join(f"{u} {n}" for u, n in self.per_endpoint.items()))
+        if self.previously_failed:
+            lines.append(f"{self.previously_failed} failed record(s) from an earlier run kept "
+                         "(--retry-failed tries them again)")
+        for path, msg in self.errors[:max_errors]:
+            lines.append(f"  error {path}: {msg}")
+        if len(self.errors) > max_errors:
+            lines.append(f"  ... and {len(self.errors) - max_errors} more errors (see the output)")
+        if self.output and self.output != "-":
+            lines.append(f"results: {self.output}")
+        return "\n".join(lines)
+
+
+class UsageError(ValueError):
+    """A problem with the options (exit code 2), not with a file."""
+
+
+def resolve_output(output: str | None, fmt: str) -> tuple[str | None, str]:
+    """A folder as --output means results.<format> inside it; returns (file, format)."""
+    if output and output != "-" and (os.path.isdir(output) or output.endswith(os.sep)):
+        fmt = detect_format(None, fmt)
+        return os.path.join(output, f"results.{fmt}"), fmt
+    return output, detect_format(output, fmt)
+
+
+async def _read(path: str) -> bytes:
+    return await asyncio.to_thread(Path(path).read_bytes)
+
+
+async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: RequestOptions) -> dict[str, Any]:
+    record: dict[str, Any] = {"path": path, "class": "", **{c: None for c in opts.config.classes},
+                              "latency_ms": None, "error": "", "attempts": 0, "endpoint": ""}
+    if opts.top_k:
+        record["top_k"] = None
+    try:
+        data = await _read(path)
+    except OSError as exc:
+        record["error"] = f"unreadable: {exc.strerror or exc}"
+        return record
+    tried: list = []
+    backoffs = 0
+    while True:
+        ep = fleet.pick(exclude=tried)
+        record["attempts"] += 1
+        record["endpoint"] = ep.url
+        ep.outstanding += 1
+        ep.sent += 1
+        t0 = time.perf_counter()
+        try:
+            pred = await infer_video(ep.client, data, req)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a record or a retry
+            kind, msg, status = error_kind(exc)
+            if kind == "ambiguous":
+                # INTERNAL from a healthy server is about this input; from a dying one, it is not.
+                kind = "rejected" if await endpoint_healthy(ep.client, req.model, req.model_version) else "transient"
+        else:
+            fleet.succeeded(ep)
+            record.update({"class": pred.class_name, **pred.probabilities,
+                           "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)})
+            if opts.top_k:
+                record["top_k"] = pred.top_k
+            return record
+        finally:
+            ep.outstanding -= 1
+        record["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
+        if kind != "transient":
+            record["error"] = msg
+            return record
+        fleet.failed(ep)
+        if record["attempts"] > opts.retries:
+            record["error"] = f"unavailable after {record['attempts']} attempts: {msg}"
+            return record
+        tried.append(ep)
+        if fleet.has_other_up(tried):
+            continue  # fail over at once
+        tried.clear()
+        delay = min(opts.backoff_max, opts.backoff * 2 ** backoffs) * random.uniform(0.5, 1.0)
+        backoffs += 1
+        await asyncio.sleep(delay)
+
+
+async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files: Iterable[str] = ()) -> Summary:
+    if opts.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if opts.top_k < 0 or opts.top_k > opts.config.num_classes:
+        raise UsageError(f"--top-k must be between 0 and {opts.config.num_classes}")
+    output, fmt = resolve_output(opts.output, opts.fmt)
+    inputs = collect_inputs(paths, list_files)
+    summary = Summary(total=len(inputs), output=output)
+    if not inputs:
+        raise UsageError("no input files found")
+
+    header = None
+    done: dict[str, dict[str, Any]] = {}
+    if output not in (None, "-") and os.path.exists(output) and os.path.getsize(output) > 0:
+        if not opts.resume:
+            if not opts.overwrite:
+                raise UsageError(f"{output} exists: --resume continues it, --overwrite replaces it")
+            os.remove(output)
+        else:
+            try:
+                done, header = load_done(output, fmt)
+            except (ValueError, KeyError) as exc:
+                raise UsageError(f"cannot resume {output}: {exc}") from None
+            failed_before = {p for p, r in done.items() if r.get("error")}
+            if opts.retry_failed and failed_before:
+                drop_records(output, fmt, failed_before)
+                done = {p: r for p, r in done.items() if p not in failed_before}
+            wanted = set(inputs)
+            summary.previously_failed = sum(1 for p in done if p in failed_before and p in wanted)
+    elif opts.resume and output in (None, "-"):
+        raise UsageError("--resume needs an output file")
+
+    todo = [p for p in inputs if p not in done]
+    summary.skipped = len(inputs) - len(todo)
+    if not todo:
+        return summary
+
+    req = opts.request_options()
+    writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
+        if output is not None else None
+    fleet = Fleet.from_urls(opts.urls, opts.policy, lambda u: make_client(u, opts.tls))
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in todo:
+        queue.put_nowait(p)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not opts.progress, dynamic_ncols=True,
+               smoothing=0.1)
+    start = time.perf_counter()
+
+    def finish(record: dict[str, Any]) -> None:
+        # Runs on the event loop thread only: no two records interleave in the file.
+        if writer is not None:
+            writer.write(record)
+        summary.records.append(record)
+        summary.retries += max(0, record["attempts"] - 1)
+        if record["error"]:
+            summary.failed += 1
+            summary.errors.append((record["path"], record["error"]))
+            bar.set_postfix(errors=summary.failed, refresh=False)
+        else:
+            summary.classified += 1
+            summary.per_class[record["class"]] += 1
+        bar.update(1)
+
+    async def worker() -> None:
+        while True:
+            try:
+                path = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            finish(await _classify_one(path, fleet, opts, req))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(opts.concurrency, len(todo)))))
+    finally:
+        summary.elapsed_s = time.perf_counter() - start
+        summary.per_endpoint = {ep.url: ep.ok for ep in fleet.endpoints}
+        bar.close()
+        if writer is not None:
+            writer.close()
+        for ep in fleet.endpoints:
+            try:
+                await ep.client.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel must not hide the result
+                pass
+    return summary
+
+
+def classify_paths(paths: Iterable[str] | str, url: str | Sequence[str] = DEFAULT_URL, output: str | None = None,
+                   **options: Any) -> Summary:
+    """Classify files/folders; ``url`` may be a list (a fleet). Keyword options are the fields of
+    :class:`ClassifyOptions` (e.g. ``concurrency=4, config=VidclsConfig.tiny(), progress=False``)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    urls = [url] if isinstance(url, str) else list(url)
+    opts = ClassifyOptions(urls=urls, output=output, **options)
+    return asyncio.run(classify_async([os.fspath(p) for p in paths], opts))
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    serving = VidclsConfig().serving
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="video files, folders (searched recursively for video extensions) or @LIST files")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="a file with one path per line (repeatable)")
+    parser.add_argument("-u", "--url", action="append", default=None, metavar="HOST:PORT",
+                        help=f"Triton gRPC endpoint; repeat (or comma-separate) for a fleet [default {DEFAULT_URL}]")
+    parser.add_argument("--balance", choices=POLICIES, default="least-outstanding",
+                        help="how requests spread over several --url endpoints")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", default="-",
+                     help="CSV or JSONL file (by suffix or --format), a folder (results.<format> inside), or - for stdout")
+    out.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl"])
+    out.add_argument("--resume", action="store_true", help="skip files already in the output and append")
+    out.add_argument("--retry-failed", action="store_true",
+                     help="with --resume: drop failed records from the output and try those files again")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    req = parser.add_argument_group("requests")
+    req.add_argument("-m", "--model", default=serving.ensemble, help="model (the ensemble) to infer")
+    req.add_argument("--model-version", default="", help="model version ('' = the server's policy)")
+    req.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight at once")
+    req.add_argument("--timeout", type=float, default=300.0, help="request deadline in seconds (0 = none)")
+    req.add_argument("--retries", type=int, default=8, help="retries of a transient failure per file")
+    req.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each time)")
+    req.add_argument("--backoff-max", type=float, default=8.0, help="longest retry delay in seconds")
+    req.add_argument("--shm", action="store_true",
+                     help="send the video bytes through system shared memory (client and server on one host)")
+    req.add_argument("--top-k", type=int, default=0,
+                     help="also report the top K classes through Triton's classification extension")
+    tls = parser.add_argument_group("gRPC TLS")
+    tls.add_argument("--ssl", action="store_true", help="connect with TLS")
+    tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
+    tls.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--client-key", help="PEM client private key (mutual TLS)")
+
+
+def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
+    urls = [u.strip() for item in (args.url or [DEFAULT_URL]) for u in item.split(",") if u.strip()]
+    tls = TLSOptions(ssl=args.ssl or bool(args.root_cert or args.client_cert), root_cert=args.root_cert,
+                     client_cert=args.client_cert, client_key=args.client_key)
+    return ClassifyOptions(
+        urls=urls, output=args.output, fmt=args.format, concurrency=args.concurrency, retries=args.retries,
+        backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
+        retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
+        model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
+        top_k=args.top_k)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        opts = options_from_args(args)
+        summary = asyncio.run(classify_async(args.paths, opts, args.list))
+    except (UsageError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(summary.format(), file=sys.stderr)
+    return summary.exit_code
