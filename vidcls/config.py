@@ -128,6 +128,12 @@ class ServingConfig:
     temporal_batch: int = 16
     average_batch: int = 16
     max_queue_delay_us: int = 2000
+    # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
+    # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
+    cpu_instances: int = 1
+    gpu_model_instances: int = 1
+    gpu_python_instances: int = 2
+    gpu_decode_instances: int = 4
     # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default).
     ort_intra_op_threads: int = 0
     # TensorRT / ORT-TRT: workspace sized for a 10 GB A100 MIG slice.

@@ -1,0 +1,35 @@
+"""video_decode (cpu decode): decode exactly the sampled frames with PyAV, resize to S x S RGB.
+
+VIDEO UINT8 [nbytes] + FRAME_INDICES INT32 [T] → FRAMES UINT8 [T, S, S, 3] through
+:func:`vidcls.video.decode_frames`, the reference decoder training uses, so the served pixels are
+the training pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vidcls.serving.base import BatchedModel, rows
+from vidcls.video import decode_frames
+
+
+class DecodeModel(BatchedModel):
+    def setup(self) -> None:
+        s = self.config.serving
+        self.inputs = (s.video, s.frame_indices)
+        self.output = s.frames
+
+    def process(self, batch):
+        return [self.one(item) for item in batch]
+
+    def one(self, item):
+        s, cfg = self.config.serving, self.config
+        try:
+            frames = [
+                decode_frames(video, indices, cfg.frame_size, num_frames=int(indices.max()) + 1,
+                              max_missing_fraction=cfg.limits.max_missing_fraction)
+                for video, indices in zip(rows(item[s.video]), rows(item[s.frame_indices]))
+            ]
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        return {self.output: np.stack(frames)}

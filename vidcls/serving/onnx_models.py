@@ -1,0 +1,69 @@
+"""cpu target: the backbone and the temporal models as python models running ONNX Runtime.
+
+Triton's onnxruntime backend is not in the nvidia-pytriton wheel, so on CPU the exported ONNX
+graphs run here, in the python backend, with the sessions of :mod:`vidcls.ort`. Each execute()
+runs the whole batch of requests through as few ONNX Runtime calls as possible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vidcls.serving.base import BatchedModel, chunked_run
+
+MODEL_FILE = "model.onnx"
+
+
+class _OnnxModel(BatchedModel):
+    def setup(self) -> None:
+        from vidcls.ort import make_session
+
+        self.session = make_session(self.version_dir / MODEL_FILE,
+                                    intra_op_threads=self.config.serving.ort_intra_op_threads)
+        self.session_input = self.session.get_inputs()[0].name
+
+
+class BackboneModel(_OnnxModel):
+    """FRAMES UINT8 [T, S, S, 3] → FEATURES FP32 [T, D]: every request's frames in one chunked run."""
+
+    def setup(self) -> None:
+        super().setup()
+        s = self.config.serving
+        self.inputs, self.output = (s.frames,), s.features
+
+    def process(self, batch):
+        frames = [item[self.inputs[0]] for item in batch]  # each [b, T, S, S, 3]
+        flat = np.concatenate([f.reshape(-1, *f.shape[2:]) for f in frames])
+        # config.backbone_batch frames per run, as in extraction: bounded activation memory.
+        features = chunked_run(self.session, self.session_input, flat, self.config.backbone_batch)
+        out, start = [], 0
+        for f in frames:
+            n = f.shape[0] * f.shape[1]
+            out.append({self.output: features[start:start + n].reshape(f.shape[0], f.shape[1], -1)})
+            start += n
+        return out
+
+
+class TemporalModel(_OnnxModel):
+    """SEQUENCE FP32 [L, D] → PROBS FP32 [C]; requests of equal length run as one batch."""
+
+    def setup(self) -> None:
+        super().setup()
+        s = self.config.serving
+        self.inputs, self.output = (s.sequence,), s.probs
+
+    def process(self, batch):
+        name = self.inputs[0]
+        by_length: dict[int, list[int]] = {}
+        for i, item in enumerate(batch):
+            by_length.setdefault(item[name].shape[1], []).append(i)
+        out: list = [None] * len(batch)
+        for indices in by_length.values():
+            seqs = [batch[i][name] for i in indices]  # each [b, L, D]
+            probs = chunked_run(self.session, self.session_input, np.concatenate(seqs),
+                                self.config.serving.temporal_batch)
+            start = 0
+            for i, seq in zip(indices, seqs):
+                out[i] = {self.output: probs[start:start + len(seq)]}
+                start += len(seq)
+        return out
