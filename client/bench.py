@@ -1,0 +1,176 @@
+"""``vidcls bench --url HOST:PORT VIDEOS...``: a perf_analyzer concurrency sweep on real videos.
+
+Writes into ``--out``: ``inputs.json`` (perf_analyzer --input-data made from the videos),
+``perf.csv`` (perf_analyzer's own CSV, --verbose-csv), ``perf_analyzer.log``, ``bench.png``
+(throughput and p50/p95/p99 latency against concurrency), ``server_stats.json`` (per-model
+statistics over the sweep) and ``summary.md`` (both tables and the bottleneck step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vidcls.client.inputs import collect_inputs
+from vidcls.client.perf import (PerfError, PerfOptions, build_command, find_perf_analyzer, perf_environment,
+                                read_perf_csv, run_perf_analyzer, write_input_data)
+from vidcls.client.stats import bottleneck, diff_statistics, fetch_statistics, markdown_table
+from vidcls.config import VidclsConfig
+
+LATENCIES = (("p50", "p50 latency"), ("p95", "p95 latency"), ("p99", "p99 latency"))
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conc = [r["Concurrency"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(conc, [r["Inferences/Second"] for r in rows], marker="o")
+    ax1.set_xlabel("concurrency (requests in flight)")
+    ax1.set_ylabel("throughput (videos/s)")
+    ax1.set_title("throughput")
+    ax1.set_ylim(bottom=0)
+    for label, col in LATENCIES:
+        ax2.plot(conc, [r[col] / 1000.0 for r in rows], marker="o", label=label)
+    ax2.set_xlabel("concurrency (requests in flight)")
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("client latency")
+    ax2.set_ylim(bottom=0)
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xticks(conc)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def perf_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| concurrency | videos/s | p50 ms | p95 ms | p99 ms | avg ms | server queue ms | server compute ms |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        compute = sum(r.get(k, 0.0) or 0.0 for k in ("Server Compute Input", "Server Compute Infer",
+                                                     "Server Compute Output"))
+        lines.append(f"| {int(r['Concurrency'])} | {r['Inferences/Second']:.2f} | "
+                     + " | ".join(f"{r[c] / 1000:.1f}" for _, c in LATENCIES)
+                     + f" | {r.get('Avg latency', 0) / 1000:.1f} | {r.get('Server Queue', 0) / 1000:.1f} | "
+                       f"{compute / 1000:.1f} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(rows, steps, meta: dict[str, Any]) -> str:
+    best = max(rows, key=lambda r: r["Inferences/Second"])
+    neck = bottleneck(steps)
+    parts = [
+        f"# vidcls bench: {meta['model']} at {meta['url']}",
+        "",
+        f"- {meta['videos']} videos ({meta['bytes'] / 1e6:.2f} MB) as perf_analyzer input data; "
+        f"concurrency {meta['concurrency_range']}, {meta['measurement']}",
+        f"- client machine: {meta['machine']}; measured {meta['date']}",
+        f"- best throughput: {best['Inferences/Second']:.2f} videos/s at concurrency {int(best['Concurrency'])} "
+        f"(p99 {best['p99 latency'] / 1000:.0f} ms)",
+    ]
+    if neck is not None:
+        parts.append(f"- bottleneck: `{neck.model}` — {neck.busy_s:.1f} s of compute in a {meta['window_s']:.0f} s "
+                     f"sweep ({100 * neck.busy_share:.0f}% busy), {neck.compute_ms:.1f} ms/request, "
+                     f"queue {neck.queue_ms:.1f} ms/request, average batch {neck.avg_batch:.2f}")
+    parts += ["", "## Client side (perf_analyzer; latencies in ms)", "", perf_table(rows), "",
+              "## Server side per model (Triton statistics API, over the whole sweep)", "",
+              markdown_table(steps) if steps else "(no statistics: the statistics API was not reachable)", "",
+              "avg batch = requests / executions (dynamic batching); busy = compute time summed over executions, "
+              "as a share of the sweep's wall time (100% = one model instance always busy).", "",
+              "Files: perf.csv (perf_analyzer), bench.png, server_stats.json, perf_analyzer.log.", ""]
+    return "\n".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    serving = VidclsConfig().serving
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders (input data)")
+    parser.add_argument("-u", "--url", default="127.0.0.1:8001", help="Triton gRPC endpoint")
+    parser.add_argument("-m", "--model", default=serving.ensemble)
+    parser.add_argument("--model-version", default="")
+    parser.add_argument("-o", "--out", default="bench_out", help="output folder")
+    parser.add_argument("--concurrency-range", default="1:4", help="START:END[:STEP] requests in flight")
+    parser.add_argument("--measurement-mode", default="time_windows", choices=["time_windows", "count_windows"])
+    parser.add_argument("--measurement-interval", type=int, default=5000, help="window in ms (time_windows)")
+    parser.add_argument("--measurement-request-count", type=int, default=50, help="requests a window (count_windows)")
+    parser.add_argument("--stability-percentage", type=float, default=10.0,
+                        help="perf_analyzer's stability threshold between windows")
+    parser.add_argument("--max-trials", type=int, default=10, help="windows per concurrency before giving up on stability")
+    parser.add_argument("--max-videos", type=int, default=16, help="at most this many videos in the input data")
+    parser.add_argument("--shared-memory", default="none", choices=["none", "system"])
+    parser.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary or its venv (default: .tools/perf)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before perf_analyzer is stopped")
+    tls = parser.add_argument_group("gRPC TLS")
+    tls.add_argument("--ssl", action="store_true")
+    tls.add_argument("--root-cert")
+    tls.add_argument("--client-cert")
+    tls.add_argument("--client-key")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="further perf_analyzer options after '--'")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = VidclsConfig()
+    videos = collect_inputs(args.videos)[: max(1, args.max_videos)]
+    try:
+        binary = find_perf_analyzer(args.perf_analyzer)
+        data = write_input_data(videos, out / "inputs.json", config.serving.video)
+    except (PerfError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = PerfOptions(
+        model=args.model, url=args.url, model_version=args.model_version, concurrency_range=args.concurrency_range,
+        measurement_mode=args.measurement_mode, measurement_interval_ms=args.measurement_interval,
+        measurement_request_count=args.measurement_request_count, stability_percentage=args.stability_percentage,
+        max_trials=args.max_trials, shared_memory=args.shared_memory, ssl=args.ssl, root_cert=args.root_cert,
+        client_cert=args.client_cert, client_key=args.client_key,
+        extra=[a for a in (args.extra or []) if a != "--"])
+    tls = dict(ssl=args.ssl or bool(args.root_cert), root_cert=args.root_cert, client_cert=args.client_cert,
+               client_key=args.client_key)
+    cmd = build_command(binary, opts, out / "inputs.json", out / "perf.csv")
+    print(f"perf_analyzer: {binary}\n  sweep {args.concurrency_range} on {data['videos']} videos → {out}",
+          file=sys.stderr)
+
+    def stats() -> dict[str, Any] | None:
+        try:
+            return fetch_statistics(args.url, **tls)
+        except Exception as exc:  # noqa: BLE001 - statistics are a bonus; the sweep still counts
+            print(f"warning: statistics API: {exc}", file=sys.stderr)
+            return None
+
+    before = stats()
+    t0 = time.monotonic()
+    try:
+        run_perf_analyzer(cmd, perf_environment(binary), out / "perf_analyzer.log", timeout=args.timeout)
+        rows = read_perf_csv(out / "perf.csv")
+    except (PerfError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    window = time.monotonic() - t0
+    after = stats()
+    steps = diff_statistics(before, after, window, args.model) if before and after else []
+    (out / "server_stats.json").write_text(json.dumps(
+        {"window_s": window, "models": [s.as_dict() for s in steps], "before": before, "after": after}, indent=2))
+    plot(rows, out / "bench.png", f"{args.model} @ {args.url}")
+    meta = dict(model=args.model, url=args.url, videos=data["videos"], bytes=data["bytes"],
+                concurrency_range=args.concurrency_range, window_s=window,
+                measurement=(f"{args.measurement_interval} ms windows" if args.measurement_mode == "time_windows"
+                             else f"{args.measurement_request_count}-request windows"),
+                machine=f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+                date=time.strftime("%Y-%m-%d %H:%M"))
+    text = summary_markdown(rows, steps, meta)
+    (out / "summary.md").write_text(text)
+    print(text)
+    return 0
