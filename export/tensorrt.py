@@ -1,0 +1,257 @@
+"""TensorRT for the gpu target: FP16 engines (``model.plan``) and the ONNX Runtime TensorRT/CUDA
+execution-provider settings for Triton's onnxruntime backend.
+
+Everything here is GPU-only at run time; ``tensorrt`` (``pip install vidcls[gpu]``) is imported
+lazily so the module imports, and its pure functions (shapes, accelerator settings) work, on CPU.
+
+Optimization profiles come from the config object, one profile per engine (Triton's
+tensorrt_plan backend uses profile 0 unless the config names others):
+
+- backbone, frames graph ``[N, S, S, 3]``: N from 1 to ``serving.backbone_batch * num_frames``
+  (the most frames one execution of the backbone model can receive);
+- backbone, video graph ``[B, T, S, S, 3]`` (what Triton's own backends get, see
+  ``vidcls.export.repository.add_video_axis``): B from 1 to ``serving.backbone_batch``;
+- temporal ``[B, L, D]``: B from 1 to ``serving.temporal_batch``, L from the shortest to the
+  longest TTA view (36..109 for the defaults), so every view length runs on the same engine.
+
+The opt point is the largest batch: under load Triton's dynamic batcher fills batches, and that
+is where throughput is decided; the temporal opt length is the multi-scale length (73), the
+length of two of the four views.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from vidcls.config import VidclsConfig
+
+log = logging.getLogger(__name__)
+
+# FP16 engine vs FP32 ONNX Runtime (CPU). Not measured on this project's GPU yet (no GPU on the
+# development machines): FP16 keeps ~3 significant digits, so softmax probabilities move by
+# ~1e-3 through 8 BiLSTM directions + attention; features relative to their scale likewise.
+# 1e-2 is loose enough for FP16 rounding and still catches what TensorRT gets wrong outright
+# (issue 7: known wrong BiLSTM cases give differences of 1e-1 and more). Tighten from measurement.
+TRT_PROBS_ATOL = 1e-2
+TRT_FEATURES_RTOL = 2e-2
+
+ROLES = ("backbone", "temporal")
+
+
+class TensorRTUnavailable(RuntimeError):
+    """The TensorRT Python package (or a GPU) is missing."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """min/opt/max shape of one dynamic input."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profiles(config: VidclsConfig, role: str, rank: int | None = None) -> list[Profile]:
+    """The optimization profile(s) of ``role`` ('backbone' or 'temporal') for a graph whose input has
+    ``rank`` dims (backbone: 4 = frames graph, 5 = video graph; default 5, what Triton serves)."""
+    s = config.serving
+    if role == "backbone":
+        size = config.frame_size
+        if (rank or 5) == 4:
+            most = s.backbone_batch * config.num_frames
+            return [Profile(s.frames, (1, size, size, 3), (most, size, size, 3), (most, size, size, 3))]
+        if rank not in (None, 5):
+            raise ValueError(f"backbone input rank must be 4 or 5, got {rank}")
+        t = config.num_frames
+        return [Profile(s.frames, (1, t, size, size, 3), (s.backbone_batch, t, size, size, 3),
+                        (s.backbone_batch, t, size, size, 3))]
+    if role == "temporal":
+        lengths = sorted(set(config.view_lengths.values()))
+        d = config.feature_dim
+        return [Profile(s.sequence, (1, lengths[0], d), (s.temporal_batch, config.seq_len, d),
+                        (s.temporal_batch, lengths[-1], d))]
+    raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+
+
+def _shape_list(profs: Iterable[Profile], which: str) -> str:
+    return ",".join(f"{p.name}:" + "x".join(str(v) for v in getattr(p, which)) for p in profs)
+
+
+def ort_gpu_accelerators(config: VidclsConfig, role: str, rank: int | None = None,
+                         cache_path: str | None = None) -> list[tuple[str, dict[str, str]]]:
+    """Triton onnxruntime backend ``gpu_execution_accelerator`` entries: [(name, {key: value})].
+
+    The config generator writes them as ``optimization { execution_accelerators {
+    gpu_execution_accelerator: [{ name: ... parameters { key: ... value: ... } }] } }``. Values are
+    strings, as Triton wants them. The TensorRT EP gets FP16, the config's workspace, the same
+    profile as the native engine (so one engine covers every batch size and view length instead of
+    one rebuild per new shape), FP32 LayerNorm, and an engine cache so a restart doesn't rebuild.
+    Nodes TensorRT does not take run on the CUDA EP, which Triton adds itself for KIND_GPU.
+    """
+    profs = profiles(config, role, rank)
+    trt = {
+        "precision_mode": "FP16",
+        "max_workspace_size_bytes": str(int(config.serving.trt_workspace_bytes)),
+        "trt_layer_norm_fp32_fallback": "1",
+        "trt_profile_min_shapes": _shape_list(profs, "min"),
+        "trt_profile_opt_shapes": _shape_list(profs, "opt"),
+        "trt_profile_max_shapes": _shape_list(profs, "max"),
+        "trt_engine_cache_enable": "1",
+        "trt_timing_cache_enable": "1",
+    }
+    if cache_path:
+        trt["trt_engine_cache_path"] = cache_path
+        trt["trt_timing_cache_path"] = cache_path
+    return [("tensorrt", trt)]
+
+
+def ort_cuda_accelerator() -> list[tuple[str, dict[str, str]]]:
+    """The plain CUDA EP path (no TensorRT): cuDNN's exhaustive conv search, paid once at load."""
+    return [("cuda", {"cudnn_conv_algo_search": "0", "use_ep_level_unified_stream": "1"})]
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: F401
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed: `pip install vidcls[gpu]` (tensorrt>=10) on a machine with an "
+            "NVIDIA GPU, or export the gpu target with the onnxruntime backend instead of tensorrt_plan"
+        ) from exc
+    return trt
+
+
+def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, config: VidclsConfig,
+                 role: str, fp16: bool = True, check: bool = True, verbose: bool = False) -> Path:
+    """Build a serialized TensorRT engine (``model.plan``) from an exported ONNX graph.
+
+    FP16 with FP32 fallback where TensorRT decides (and LayerNorm kept in FP32), workspace
+    ``config.serving.trt_workspace_bytes``, the profile of :func:`profiles`. With ``check``, the
+    engine is compared with ONNX Runtime (CPU, FP32) on the same inputs and a
+    :class:`~vidcls.export.parity.ParityError` is raised beyond ``TRT_*`` tolerances.
+    """
+    trt = _import_tensorrt()
+    import onnx
+
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    rank = len(onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim)
+    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.serving.trt_workspace_bytes))
+    if fp16:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for p in profiles(config, role, rank):
+        profile.set_shape(p.name, p.min, p.opt, p.max)
+    builder_config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_name(f".{plan_path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(bytes(serialized))
+        if check:
+            report = check_engine(tmp, onnx_path, config, role)
+            report.name = str(plan_path)
+            log.info("%s", report)
+            if verbose:
+                print(report)
+            report.raise_if_failed()
+        tmp.replace(plan_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return plan_path
+
+
+class EngineRunner:
+    """Runs a serialized single-input/single-output engine on torch CUDA tensors (export-time
+    checks and benchmarks; Triton runs the plans in production)."""
+
+    def __init__(self, plan_path: str | os.PathLike):
+        trt = _import_tensorrt()
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TensorRTUnavailable("no CUDA device visible: TensorRT engines need an NVIDIA GPU")
+        self._torch = torch
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"cannot deserialize TensorRT engine {plan_path}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self._dtypes = {n: _torch_dtype(torch, self.engine.get_tensor_dtype(n), trt) for n in names}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        inp = torch.from_numpy(np.ascontiguousarray(x)).to("cuda", self._dtypes[self.input])
+        self.context.set_input_shape(self.input, tuple(inp.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)),
+                          dtype=self._dtypes[self.output], device="cuda")
+        self.context.set_tensor_address(self.input, inp.data_ptr())
+        self.context.set_tensor_address(self.output, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return out.float().cpu().numpy()
+
+
+def _torch_dtype(torch, dtype, trt):
+    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.uint8: torch.uint8,
+            trt.int32: torch.int32, trt.int64: torch.int64}[dtype]
+
+
+def check_engine(plan_path, onnx_path, config: VidclsConfig, role: str, seed: int = 0):
+    """Engine vs ONNX Runtime CPU at the profile's extremes and every served length → ParityReport."""
+    from vidcls.export import parity
+    from vidcls.ort import make_session
+
+    import onnx
+
+    rank = len(onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim)
+    runner = EngineRunner(plan_path)
+    session = make_session(onnx_path, log_severity=4)
+    (prof,) = profiles(config, role, rank)
+    rng = np.random.default_rng(seed)
+    if role == "temporal":
+        batches = sorted({1, 3 if prof.max[0] >= 3 else 1, prof.max[0]})
+        lengths = sorted(set(config.view_lengths.values()))
+        shapes = [(b, n, config.feature_dim) for n in lengths for b in batches]
+        tolerance, scale = TRT_PROBS_ATOL, (lambda ref: 1.0)
+
+        def make_input(shape):
+            return np.abs(rng.standard_normal(shape)).astype(np.float32)
+    else:
+        shapes = [(1, *prof.max[1:]), prof.max]
+        tolerance, scale = TRT_FEATURES_RTOL, (lambda ref: max(float(np.max(np.abs(ref))), 1e-12))
+
+        def make_input(shape):
+            return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+    def reference(x):
+        return session.run(None, {prof.name: x})[0]
+
+    class _EngineSession:  # parity._compare runs "session.run"
+        @staticmethod
+        def run(_outputs, feeds):
+            return [runner(feeds[prof.name])]
+
+    return parity._compare(f"tensorrt {role} ({plan_path})", "FP16 engine vs ONNX Runtime FP32", tolerance,
+                           shapes, make_input, reference, _EngineSession(), prof.name, scale)
