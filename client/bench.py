@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--root-cert")
     tls.add_argument("--client-cert")
     tls.add_argument("--client-key")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="further perf_analyzer options after '--'")
+    parser.add_argument("--perf-args", default="", help="further perf_analyzer options, one quoted string")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         measurement_request_count=args.measurement_request_count, stability_percentage=args.stability_percentage,
         max_trials=args.max_trials, shared_memory=args.shared_memory, ssl=args.ssl, root_cert=args.root_cert,
         client_cert=args.client_cert, client_key=args.client_key,
-        extra=[a for a in (args.extra or []) if a != "--"])
+        extra=shlex.split(args.perf_args))
     tls = dict(ssl=args.ssl or bool(args.root_cert), root_cert=args.root_cert, client_cert=args.client_cert,
                client_key=args.client_key)
     cmd = build_command(binary, opts, out / "inputs.json", out / "perf.csv")
