@@ -26,6 +26,20 @@ Source = Union[bytes, bytearray, memoryview, np.ndarray, str, os.PathLike]
 # The scaler both decoders use to go to frame_size x frame_size (no crop, aspect not kept).
 RESIZE_INTERPOLATION = "BILINEAR"
 
+# Decoder threads per request. PyAV's default (0 = one per CPU) would give every concurrent
+# request on a many-core host dozens of threads and per-thread buffers; a fixed small number keeps
+# a request's memory and CPU share bounded. Slice threading (PyAV's default type) decodes
+# bit-exactly like one thread, so features do not depend on this number.
+DECODER_THREADS = 2
+# Wall-clock guards on FFmpeg's own loops (opening/probing the container, each packet read).
+# Files come from memory or local disk, so hitting these means a pathological file, not a slow disk.
+OPEN_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 30.0
+# No protocol at all for anything a demuxer might open by itself (HLS/DASH playlists, concat
+# lists, image sequences ...): we read the bytes we were handed and nothing they point to.
+# ("none" matches no protocol name; an empty value would mean "no whitelist".)
+_NO_PROTOCOLS = "none"
+
 
 class VideoError(ValueError):
     """A file that cannot be classified; ``code`` names the failed check or limit."""
@@ -47,26 +61,79 @@ class ProbeResult:
     size_bytes: int
 
 
+class _Nameless:
+    """A read-only file without a ``name``.
+
+    PyAV hands a file object's name to FFmpeg as its URL: the demuxer would then be guessed
+    partly from the file extension (a ``.txt`` file becomes ANSI art) and playlists would resolve
+    references relative to the real path. Without a name, a file on disk and the same bytes sent
+    to the server are read identically.
+    """
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _as_file(source: Source):
     """A file object PyAV can open, plus the byte size; never copies a numpy buffer twice."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        return open(path, "rb"), path.stat().st_size
+        size = path.stat().st_size
+        return _Nameless(path), size
     if isinstance(source, np.ndarray):
         source = np.ascontiguousarray(source).reshape(-1).view(np.uint8).data
     return io.BytesIO(source), memoryview(source).nbytes
 
 
-def _open(fileobj):
+def _max_pixels(limits: InputLimits) -> int:
+    return int(limits.max_width) * int(limits.max_height)
+
+
+def _open(fileobj, limits: InputLimits | None = None):
+    """Open a container from a file object, with no protocols and a bounded decoder frame size.
+
+    ``max_pixels`` reaches the decoders FFmpeg opens to probe stream parameters (where the
+    format declares its streams in its header; MPEG-TS declares them later and is bounded by
+    ``max_bytes`` alone there), so a header that lies about a huge picture cannot make the probe
+    allocate it.
+    """
     import av
 
+    limits = limits or InputLimits()
+    options = {"protocol_whitelist": _NO_PROTOCOLS, "max_pixels": str(_max_pixels(limits))}
     try:
-        # No network protocols, no format guessing from a file name: bytes only.
-        return av.open(fileobj, mode="r", metadata_errors="ignore")
+        return av.open(fileobj, mode="r", metadata_errors="ignore", options=options,
+                       timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S))
+    except av.error.ExitError:  # the interrupt callback: OPEN_TIMEOUT_S passed
+        raise VideoError("timeout", f"opening the container took more than {OPEN_TIMEOUT_S:.0f} s") from None
     except av.error.FFmpegError as exc:
         raise VideoError("not_a_video", f"FFmpeg cannot read the container ({exc.__class__.__name__})") from None
     except Exception as exc:  # PyAV raises plain errors on some garbage (e.g. UnicodeDecodeError)
         raise VideoError("not_a_video", f"cannot open the file ({exc.__class__.__name__})") from None
+
+
+def _check_resolution(width: int, height: int, limits: InputLimits) -> None:
+    if width > limits.max_width or height > limits.max_height:
+        raise VideoError("max_resolution", f"{width}x{height} is over the limit of "
+                         f"{limits.max_width}x{limits.max_height}")
 
 
 def _video_stream(container):
@@ -90,7 +157,7 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
         raise VideoError("empty", "the file is empty (0 bytes)")
     if size > limits.max_bytes:
         raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
-    with fileobj, _open(fileobj) as container:
+    with fileobj, _open(fileobj, limits) as container:
         fmt_names = set(container.format.name.split(","))
         if not fmt_names & set(limits.allowed_containers):
             raise VideoError("container", f"container {container.format.name!r} is not allowed "
@@ -100,10 +167,10 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
         if codec not in limits.allowed_codecs:
             raise VideoError("codec", f"codec {codec!r} is not allowed (allowed: {', '.join(limits.allowed_codecs)})")
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-        if width > limits.max_width or height > limits.max_height:
-            raise VideoError("max_resolution", f"{width}x{height} is over the limit of "
-                             f"{limits.max_width}x{limits.max_height}")
-        if min(width, height) < limits.min_side:
+        _check_resolution(width, height, limits)
+        # 0x0 means FFmpeg could not learn the size (no packets, or none it could parse): decided
+        # below from the packet count, not reported as a tiny picture.
+        if width and height and min(width, height) < limits.min_side:
             raise VideoError("min_resolution", f"{width}x{height}: each side must be at least {limits.min_side} pixels")
         header_duration = _stream_duration(stream, container)
         if header_duration > limits.max_duration_s:
@@ -128,6 +195,8 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
             # A damaged tail: keep the packets read so far.
         if count == 0:
             raise VideoError("no_frames", "the video stream has no frames")
+        if not (width and height):
+            raise VideoError("corrupt", "the size of the pictures cannot be read from the stream")
         duration = header_duration
         if last_pts is not None and stream.time_base is not None:
             duration = max(duration, float((last_pts - first_pts) * stream.time_base))
@@ -146,16 +215,22 @@ def _stream_duration(stream, container) -> float:
 
 
 def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: int | None = None,
-                  max_missing_fraction: float = 0.1) -> np.ndarray:
+                  max_missing_fraction: float = 0.1, limits: InputLimits | None = None) -> np.ndarray:
     """Decode the frames at ``indices`` (decode order = presentation order) → uint8 [len, size, size, 3] RGB.
 
     Only the sampled frames are converted and resized; decoding stops after the last one needed.
-    If the stream ends early (a damaged tail) by at most ``max_missing_fraction`` of
-    ``num_frames``, the missing sampled frames repeat the last decoded one; beyond that it is an
-    error rather than a guess.
+    Memory per call is bounded: the output array, the decoder's reference frames of at most
+    ``limits.max_width x limits.max_height`` pixels (``max_pixels`` makes FFmpeg refuse bigger
+    pictures before allocating them, whatever the header said), :data:`DECODER_THREADS` threads.
+
+    A packet the decoder rejects is skipped (FFmpeg conceals what it can); a read error ends the
+    stream there, and the decoder is flushed so the frames it holds still come out. If the stream
+    ends early by at most ``max_missing_fraction`` of ``num_frames``, the missing sampled frames
+    repeat the last decoded one; beyond that it is an error rather than a guess.
     """
     import av
 
+    limits = limits or InputLimits()
     indices = np.asarray(indices, dtype=np.int64)
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     last_needed = int(indices.max())
@@ -165,21 +240,55 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
     fileobj, _ = _as_file(source)
     decoded = 0
     last = None
-    with fileobj, _open(fileobj) as container:
+
+    def take(frames) -> bool:
+        """Convert the wanted frames among ``frames``; True once the last needed one is done."""
+        nonlocal decoded, last
+        for frame in frames:
+            # The header can lie and a stream can change size midway: judge every picture.
+            _check_resolution(frame.width, frame.height, limits)
+            i = decoded
+            decoded += 1
+            if i in wanted:
+                last = frame.to_ndarray(format="rgb24", width=size, height=size,
+                                        interpolation=RESIZE_INTERPOLATION)
+                for pos in wanted[i]:
+                    out[pos] = last
+            if i >= last_needed:
+                return True
+        return False
+
+    def refused(ctx) -> None:
+        """After a decoder error: was it a picture over the limit (max_pixels said no)?"""
+        _check_resolution(int(ctx.width or 0), int(ctx.height or 0), limits)
+
+    with fileobj, _open(fileobj, limits) as container:
         stream = _video_stream(container)
-        try:
-            for frame in container.decode(stream):
-                i = decoded
-                decoded += 1
-                if i in wanted:
-                    last = frame.to_ndarray(format="rgb24", width=size, height=size,
-                                            interpolation=RESIZE_INTERPOLATION)
-                    for pos in wanted[i]:
-                        out[pos] = last
-                if i >= last_needed:
+        ctx = stream.codec_context
+        ctx.thread_count = DECODER_THREADS
+        ctx.options = {**(ctx.options or {}), "max_pixels": str(_max_pixels(limits))}
+        done = False
+        packets = container.demux(stream)
+        while not done:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.ExitError:
+                raise VideoError("timeout", f"reading a packet took more than {READ_TIMEOUT_S:.0f} s") from None
+            except (av.error.FFmpegError, OSError, ValueError):
+                # A damaged or truncated container: flush what the decoder holds, judge below.
+                try:
+                    done = take(stream.decode(None))
+                except av.error.FFmpegError:
+                    refused(ctx)
+                break
+            try:
+                done = take(stream.decode(packet))
+            except av.error.FFmpegError:
+                refused(ctx)
+                if packet.size == 0:  # the flush at the end failed: nothing more will come
                     break
-        except av.error.FFmpegError:
-            pass  # a damaged stream: judge by how many frames came out, below
     if decoded == 0:
         raise VideoError("corrupt", "no frame of the video stream could be decoded")
     if decoded <= last_needed:
@@ -200,7 +309,7 @@ def load_frames(source: Source, config: VidclsConfig) -> tuple[np.ndarray, Probe
     info = probe(source, config.limits)
     indices = sample_indices(info.num_frames, config.num_frames)
     frames = decode_frames(source, indices, config.frame_size, info.num_frames,
-                           config.limits.max_missing_fraction)
+                           config.limits.max_missing_fraction, limits=config.limits)
     return frames, info
 
 
