@@ -26,6 +26,7 @@ from typing import Iterator
 from vidcls.config import VidclsConfig
 
 MIB = 1024 ** 2
+BACKENDS = ("tensorrt", "onnxruntime", "onnxruntime-cuda")
 
 # Backbone parameter counts with the classification head replaced by identity (torchvision
 # builds; checked against torch in tests/test_deploy.py). The tiny CNN is ours (4 convs).
@@ -58,6 +59,9 @@ class Assumptions:
     # Per GPU model instance: TensorRT execution context bookkeeping or ORT session + CUDA EP
     # handles, cuBLAS workspace, cuDNN handle.
     per_instance_mib: int = 128
+    # Extra per onnxruntime-backend session: ORT's CUDA-EP memory arena and the session's copies
+    # of what the TensorRT accelerator does not take (the arena grows in powers of two).
+    ort_session_mib: int = 256
     # Multiplies activation estimates: TensorRT tactic scratch, layout copies, arena round-up.
     activation_safety: float = 1.5
     # tritonserver --cuda-memory-pool-byte-size default (64 MiB per device).
@@ -68,10 +72,10 @@ class Assumptions:
     # Decode→backbone batches alive at once in the ensemble (one being decoded while the previous
     # is in the backbone); their FRAMES tensors sit in GPU memory between the steps.
     in_flight_batches: int = 2
-    # GPU instances per model (Triton instance_group count on KIND_GPU). Python steps (probe,
-    # temporal_views, ensemble_average) are KIND_CPU in the gpu target and take no GPU memory; a
-    # KIND_GPU python model would add a whole CUDA context (its own stub process) per instance.
-    gpu_instances_per_model: int = 1
+    # GPU instances per model come from config.serving.gpu_model_instances (Triton instance_group
+    # on KIND_GPU). Python steps (probe, temporal_views, ensemble_average, PyAV decode) are
+    # KIND_CPU in the gpu target and take no GPU memory; a KIND_GPU python model would add a
+    # whole CUDA context (its own stub process) per instance.
 
 
 @dataclass(frozen=True)
@@ -210,22 +214,29 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
                    assumptions: Assumptions | None = None) -> Budget:
     """The GPU memory of one Triton process serving ``config`` on one slice.
 
-    backend: ``tensorrt`` (FP16 plans) or ``onnxruntime`` (FP32 weights, CUDA execution provider).
+    backend (the ``vidcls export --backend`` choices, plus one fallback):
+      ``tensorrt``: FP16 plans in Triton's TensorRT backend.
+      ``onnxruntime``: Triton's onnxruntime backend with the TensorRT execution accelerator in FP16
+      (what the export writes): TensorRT-like numbers plus an ORT session and CUDA-EP arena
+      (``Assumptions.ort_session_mib``) per instance.
+      ``onnxruntime-cuda``: the same without the accelerator (FP32 weights and activations on the
+      CUDA EP), e.g. if a TensorRT build fails on the slice.
     decode: ``dali`` (NVDEC, buffers on the GPU) or ``cpu`` (PyAV in the python backend, no GPU
     decode buffers; the FRAMES tensor is copied to the GPU for the backbone).
     """
     config = config or VidclsConfig()
     a = assumptions or Assumptions()
-    if backend not in ("tensorrt", "onnxruntime"):
-        raise ValueError("backend is 'tensorrt' or 'onnxruntime'")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend is one of {BACKENDS}")
     if decode not in ("dali", "cpu"):
         raise ValueError("decode is 'dali' or 'cpu'")
     sv = config.serving
-    wbytes = 2 if backend == "tensorrt" else 4  # FP16 plans vs FP32 ONNX
+    wbytes = 4 if backend == "onnxruntime-cuda" else 2  # FP32 ONNX on the CUDA EP, else FP16 engines
     abytes = wbytes
+    per_instance = a.per_instance_mib + (a.ort_session_mib if backend.startswith("onnxruntime") else 0)
     t, s = config.num_frames, config.frame_size
     frame_bytes = s * s * 3  # uint8 FRAMES row
-    inst = a.gpu_instances_per_model
+    inst = sv.gpu_model_instances
     rows: list[Row] = []
 
     rows.append(Row("CUDA context + kernels (tritonserver)", 0, 0, 0, a.cuda_context_mib,
@@ -248,7 +259,7 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
     # uint8 input + its float32 normalized copy (normalization is inside the graph) + the peak.
     b_act = frames * (frame_bytes + frame_bytes * 4 + peak * abytes * a.activation_safety)
     rows.append(Row(f"{sv.backbone} ({config.backbone}, {backend})", b_params, inst * b_params * wbytes / MIB,
-                    inst * b_act / MIB, inst * a.per_instance_mib,
+                    inst * b_act / MIB, inst * per_instance,
                     f"batch {sv.backbone_batch} videos = {frames} frames of {s}x{s}"))
 
     lmax = max(config.view_lengths.values())
@@ -256,7 +267,7 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
     t_act = sv.temporal_batch * temporal_peak_elements_per_sequence(config, lmax) * abytes * a.activation_safety
     for name in config.temporal_model_names():
         rows.append(Row(f"{name} (BiLSTM+attention, {backend})", t_params, inst * t_params * wbytes / MIB,
-                        inst * t_act / MIB, inst * a.per_instance_mib,
+                        inst * t_act / MIB, inst * per_instance,
                         f"batch {sv.temporal_batch} sequences, L up to {lmax}"))
 
     # Tensors handed between steps while batches are in flight (the ensemble keeps them on the
@@ -284,15 +295,18 @@ def max_source_pixels(config: VidclsConfig | None = None, backend: str = "tensor
 
 
 def shm_budget_bytes(config: VidclsConfig | None = None, typical_video_mib: float = 32.0,
-                     batches_in_flight: int = 4) -> int:
+                     batches_in_flight: int | None = None) -> int:
     """/dev/shm a Triton container needs: the python backend moves every tensor through it.
 
     Sized for the heaviest variant (decode in the python backend): a decode batch of FRAMES held
-    twice (stub output region + Triton's copy) per batch in flight, plus the encoded VIDEO bytes
-    of a full probe batch, which probe and decode each receive.
+    twice (stub output region + Triton's copy) per batch in flight, one batch per decode instance
+    (config.serving.gpu_decode_instances), plus the encoded VIDEO bytes of a full probe batch,
+    which probe and decode each receive.
     """
     config = config or VidclsConfig()
     sv = config.serving
+    if batches_in_flight is None:
+        batches_in_flight = sv.gpu_decode_instances
     frames = sv.decode_batch * config.num_frames * config.frame_size ** 2 * 3
     video = sv.probe_batch * typical_video_mib * MIB
     return int(2 * frames * batches_in_flight + 2 * video)
@@ -320,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidcls.deploy_budget", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="a VidclsConfig JSON file (default: the built-in defaults)")
-    p.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt")
+    p.add_argument("--backend", choices=BACKENDS, default="tensorrt")
     p.add_argument("--decode", choices=("dali", "cpu"), default="dali")
     p.add_argument("--slice-mib", type=int, default=Assumptions.slice_mib,
                    help="usable memory of the MIG slice (1g.10gb: ~9728; 1g.20gb/2g.20gb: ~19968)")
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{shm_budget_bytes(config) / MIB:.0f} MiB; docker/compose.yaml and deploy/k8s use 2 GiB\n")
     w, h = (int(x) for x in args.source.lower().split("x"))
     a = Assumptions(slice_mib=args.slice_mib, source_width=w, source_height=h)
-    combos = ([(b, d) for b in ("tensorrt", "onnxruntime") for d in ("dali", "cpu")]
+    combos = ([(b, d) for b in BACKENDS for d in ("dali", "cpu")]
               if args.all else [(args.backend, args.decode)])
     ok = True
     for backend, decode in combos:
