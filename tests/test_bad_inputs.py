@@ -172,3 +172,19 @@ def test_decoder_thread_count_is_bounded(bad_input_corpus, monkeypatch):
     good = next(c for c in bad_input_corpus if c.name == "h264_good")
     load_frames(good.path, corpus_config())
     assert seen and set(seen) == {video.DECODER_THREADS}
+
+
+@pytest.mark.parametrize("indices", [[], [-1, 0, 1], [0, -5]])
+def test_decode_refuses_indices_that_match_no_frame(bad_input_corpus, indices):
+    """Rows for impossible indices would be uninitialised memory: refuse them instead."""
+    good = next(c for c in bad_input_corpus if c.name == "h264_good")
+    with pytest.raises(VideoError) as err:
+        decode_frames(good.path, np.array(indices, dtype=np.int64), 32, limits=CORPUS_LIMITS)
+    assert err.value.code == "bad_indices"
+
+
+def test_indices_past_the_end_are_an_error_not_a_guess(bad_input_corpus):
+    good = next(c for c in bad_input_corpus if c.name == "h264_good")  # 40 frames
+    with pytest.raises(VideoError) as err:
+        decode_frames(good.path, np.array([0, 10, 400]), 32, limits=CORPUS_LIMITS)
+    assert err.value.code == "corrupt"

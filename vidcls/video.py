@@ -231,7 +231,13 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
     import av
 
     limits = limits or InputLimits()
-    indices = np.asarray(indices, dtype=np.int64)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    # The indices can come from outside (a client may call the decode model directly): an index
+    # that no frame matches would leave its row of ``out`` as uninitialised memory.
+    if indices.size == 0 or int(indices.min()) < 0:
+        raise VideoError("bad_indices", "frame indices must be a non-empty list of non-negative integers")
+    if indices.size > limits.max_frames:
+        raise VideoError("bad_indices", f"{indices.size} frame indices is over the limit of {limits.max_frames}")
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     last_needed = int(indices.max())
     wanted: dict[int, list[int]] = {}
