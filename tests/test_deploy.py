@@ -422,3 +422,16 @@ def test_backbone_params_and_activation_walk_match_torch(backbone):
         h.remove()
     peak = db.backbone_peak_elements_per_frame(cfg)
     assert largest <= peak <= 4 * largest, (largest, peak)
+
+
+def test_deployment_doc_shows_the_current_budget():
+    """docs/deployment.md quotes the budget; regenerate its numbers when the config changes."""
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    for backend in ("tensorrt", "onnxruntime"):
+        for decode in ("dali", "cpu"):
+            total = db.compute_budget(VidclsConfig(), backend, decode).total_mib
+            assert f"| {decode} | {total:.0f} |" in doc, (backend, decode, round(total))
+    assert db.format_table(db.compute_budget()).split("\n\n")[0] in doc
+    for cmd in ("nvidia-smi -i 0 -mig 1", "nvidia-smi mig", "-cgi", "nvidia-smi -L", "--decode dali",
+                "--decode cpu", "vidcls classify", "vidcls bench", "/v2/health/ready"):
+        assert cmd in doc, cmd
