@@ -315,8 +315,10 @@ GENERATORS: dict[str, Callable[..., Iterator[np.ndarray]]] = {
 
 # ---- planning and writing -----------------------------------------------------------------
 def plan(per_class: int, val_per_class: int, test_per_class: int, seed: int = 0,
-         classes=CLASSES) -> list[ClipSpec]:
-    """Every clip to make, in a fixed order; each clip's properties come from its own seed."""
+         classes=CLASSES, sizes=SIZES, frame_range: tuple[int, int] = (MIN_FRAMES, MAX_FRAMES)) -> list[ClipSpec]:
+    """Every clip to make, in a fixed order; each clip's properties come from its own seed.
+
+    ``sizes`` and ``frame_range`` narrow the variety (tests use small, short clips)."""
     counts = {"train": per_class, "val": val_per_class, "test": test_per_class}
     codecs = list(CODECS)
     specs = []
@@ -325,11 +327,11 @@ def plan(per_class: int, val_per_class: int, test_per_class: int, seed: int = 0,
             for k in range(counts[split]):
                 clip_seed = (seed, s_i, c_i, k)
                 rng = np.random.default_rng(clip_seed)
-                w, h = SIZES[int(rng.integers(len(SIZES)))]
+                w, h = sizes[int(rng.integers(len(sizes)))]
                 specs.append(ClipSpec(
                     split=split, label=label, index=k, width=w, height=h,
                     fps=int(FPS_CHOICES[int(rng.integers(len(FPS_CHOICES)))]),
-                    frames=int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)),
+                    frames=int(rng.integers(frame_range[0], frame_range[1] + 1)),
                     codec=codecs[(k + c_i) % len(codecs)],  # every class gets every codec
                     seed=clip_seed + (1,)))
     return specs
@@ -351,13 +353,13 @@ def write_clip(out_dir: Path, spec: ClipSpec) -> Path:
 
 
 def synthesize(out_dir, per_class: int, val_per_class: int = 0, test_per_class: int = 0,
-               seed: int = 0, workers: int = 1, progress: bool = False) -> list[Path]:
+               seed: int = 0, workers: int = 1, progress: bool = False, **plan_options) -> list[Path]:
     """Write the clips into ``out_dir``/{split}/{class}/ and return their paths (plan order).
 
     Clips that already exist are kept (re-running finishes an interrupted synthesis).
     """
     out_dir = Path(out_dir)
-    specs = plan(per_class, val_per_class, test_per_class, seed)
+    specs = plan(per_class, val_per_class, test_per_class, seed, **plan_options)
     todo = [s for s in specs if not (out_dir / s.path).exists()]
     bar = _progress(len(todo), progress)
     if workers > 1 and len(todo) > 1:
