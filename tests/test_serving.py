@@ -1,0 +1,203 @@
+"""The served ensemble equals the PyTorch reference, batches across requests, isolates bad requests.
+
+Integration tests (marked ``server``) use the real tritonserver of tests/fixtures/serving.py on a
+cpu repository of tiny random-init models. Parity tolerance: atol 1e-5 on the probabilities (ONNX
+Runtime vs PyTorch float32; measured differences are ~1e-7).
+
+The unit tests at the end drive the python-backend model classes with a stand-in for
+``triton_python_backend_utils`` (which exists only inside Triton's stub), to pin down per-request
+error isolation without a server.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import types
+
+import numpy as np
+import pytest
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def concurrent_videos(video_factory):
+    """Real H.264 and VP9 files of different sizes and lengths (shorter and longer than T)."""
+    return [
+        video_factory("s_h264_a.mp4", n=40, size=(160, 120), seed=1),
+        video_factory("s_h264_b.mp4", n=9, size=(96, 64), seed=2),  # fewer frames than T: repeats
+        video_factory("s_h264_c.mp4", n=75, size=(128, 96), seed=3),
+        video_factory("s_h264_d.mp4", n=33, size=(200, 150), seed=4),
+        video_factory("s_h264_e.mp4", n=50, size=(64, 48), seed=5),
+        video_factory("s_vp9_a.webm", n=30, size=(176, 144), codec="libvpx-vp9", seed=6),
+        video_factory("s_vp9_b.webm", n=20, size=(96, 96), codec="libvpx-vp9", seed=7),
+    ]
+
+
+def _send_concurrently(url, config, payloads, class_count=0):
+    """All payloads in flight at once (async gRPC); returns one (result | exception) per payload."""
+    import tritonclient.grpc as grpcclient
+
+    from tests.fixtures.serving import video_bytes
+
+    s = config.serving
+    done: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as client:
+        for i, payload in enumerate(payloads):
+            data = video_bytes(payload)
+            inp = grpcclient.InferInput(s.video, list(data.shape), "UINT8")
+            inp.set_data_from_numpy(data)
+            outputs = [grpcclient.InferRequestedOutput(s.probabilities, class_count=class_count),
+                       grpcclient.InferRequestedOutput(s.class_name)]
+            client.async_infer(s.ensemble, [inp], callback=lambda result, error, i=i: done.put((i, result, error)),
+                               outputs=outputs, client_timeout=120)
+        results = {}
+        for _ in payloads:
+            i, result, error = done.get(timeout=120)
+            results[i] = error if error is not None else result
+    return [results[i] for i in range(len(payloads))]
+
+
+@pytest.mark.server
+def test_concurrent_requests_equal_reference_and_bad_one_is_isolated(
+        triton_server, serving_config, reference_pipeline, concurrent_videos):
+    from tritonclient.utils import InferenceServerException
+
+    s = serving_config.serving
+    garbage = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    payloads = concurrent_videos[:4] + [garbage] + concurrent_videos[4:]  # the bad one mid-batch
+    results = _send_concurrently(triton_server.grpc_url, serving_config, payloads)
+
+    bad = results[4]
+    assert isinstance(bad, InferenceServerException), bad
+    assert "not_a_video" in bad.message(), bad.message()
+    good = results[:4] + results[5:]
+    for path, result in zip(concurrent_videos, good):
+        assert not isinstance(result, Exception), f"{path.name}: {result}"
+        probs = result.as_numpy(s.probabilities)
+        assert probs.shape == (1, serving_config.num_classes) and probs.dtype == np.float32
+        expected = reference_pipeline.classify(path)
+        np.testing.assert_allclose(probs[0], expected, atol=ATOL, rtol=0, err_msg=path.name)
+        name = result.as_numpy(s.class_name)[0, 0].decode()
+        assert name == serving_config.classes[int(np.argmax(probs[0]))]
+    assert triton_server.running()
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        assert client.is_server_ready()
+
+
+@pytest.mark.server
+def test_classification_extension_returns_names(triton_server, serving_config, grpc_infer, h264_video):
+    result = grpc_infer(h264_video, class_count=2)
+    top = [e.decode().split(":") for e in result.as_numpy(serving_config.serving.probabilities)[0]]
+    assert len(top) == 2
+    scores = [float(score) for score, _, _ in top]
+    assert scores == sorted(scores, reverse=True)
+    for _, index, label in top:
+        assert label == serving_config.classes[int(index)]
+
+
+@pytest.mark.server
+def test_requests_are_batched_server_side(triton_server, serving_config, concurrent_videos):
+    """After concurrent traffic some model ran fewer executions than it served requests."""
+    import tritonclient.grpc as grpcclient
+
+    _send_concurrently(triton_server.grpc_url, serving_config, concurrent_videos * 2)
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    batched = {m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
+               for m in stats if int(m.get("execution_count", 0)) < int(m.get("inference_count", 0))}
+    assert batched, f"no model batched requests: {stats}"
+
+
+@pytest.mark.server
+def test_limit_error_names_the_limit(triton_server, grpc_infer):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as info:
+        grpc_infer(b"")
+    assert "empty" in info.value.message()
+    assert triton_server.running()
+
+
+# ---- python models without a server --------------------------------------------------------------
+class _Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, np.asarray(array)
+
+    def as_numpy(self):
+        return self.array
+
+
+class _Error:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message, code=None):
+        self.message, self.code = message, code
+
+
+class _Response:
+    def __init__(self, output_tensors=None, error=None):
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error
+
+
+@pytest.fixture
+def fake_pb(monkeypatch):
+    """A stand-in for triton_python_backend_utils with just what vidcls.serving uses."""
+    module = types.ModuleType("triton_python_backend_utils")
+    module.Tensor = _Tensor
+    module.TritonError = _Error
+    module.InferenceResponse = _Response
+    module.get_input_tensor_by_name = lambda request, name: _Tensor(name, request[name]) if name in request else None
+    module.triton_string_to_numpy = lambda t: {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32,
+                                               "TYPE_UINT8": np.uint8, "TYPE_STRING": np.object_}[t]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module)
+    return module
+
+
+def _load(cls, role, repo, name):
+    import json
+
+    from google.protobuf import json_format
+
+    from vidcls.export.repository import load_configs
+
+    cfg = load_configs(repo)[name]
+    model = cls()
+    model.initialize({"model_config": json.dumps(json_format.MessageToDict(cfg, preserving_proto_field_name=True)),
+                      "model_name": name, "model_repository": str(repo / name), "model_version": "1"})
+    return model
+
+
+def test_probe_errors_only_the_bad_request(fake_pb, cpu_repository, serving_config, h264_video):
+    from vidcls.serving.probe import ProbeModel
+
+    s = serving_config.serving
+    model = _load(ProbeModel, "probe", cpu_repository, s.probe)
+    good = {s.video: np.frombuffer(h264_video.read_bytes(), np.uint8)[None]}
+    responses = model.execute([good, {s.video: np.zeros((1, 100), np.uint8)}, {}, good])
+    assert responses[0].error is None and responses[3].error is None
+    assert responses[0].outputs[s.frame_indices].shape == (1, serving_config.num_frames)
+    assert responses[1].error.code == "INVALID_ARG" and responses[1].error.message.startswith("not_a_video")
+    assert responses[2].error.message.startswith("missing_input")
+
+
+def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, serving_config):
+    """A malformed tensor makes the batched computation raise: the others are retried alone."""
+    from vidcls.serving.average import AverageModel, input_names
+
+    s = serving_config.serving
+    model = _load(AverageModel, "average", cpu_repository, s.average)
+    c = serving_config.num_classes
+    good = {n: np.full((1, c), 1.0 / c, np.float32) for n in input_names(serving_config)}
+    broken = dict(good)
+    broken[input_names(serving_config)[0]] = np.zeros((1, c + 1), np.float32)
+    responses = model.execute([good, broken, good])
+    assert responses[1].error.code == "INTERNAL" and s.average in responses[1].error.message
+    for r in (responses[0], responses[2]):
+        assert r.error is None
+        np.testing.assert_allclose(r.outputs[s.probabilities], np.full((1, c), 1.0 / c))
+        assert r.outputs[s.class_name].shape == (1, 1)
