@@ -68,11 +68,14 @@ def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
     return out
 
 
-def _ort_accelerators(config: VidclsConfig) -> dict:
-    """onnxruntime backend on GPU: TensorRT execution accelerator, FP16, workspace from the config."""
-    params = [("precision_mode", "FP16"), ("max_workspace_size_bytes", str(config.serving.trt_workspace_bytes))]
+def _ort_accelerators(config: VidclsConfig, role: str) -> dict:
+    """onnxruntime backend on GPU: the TensorRT execution accelerator settings of
+    vidcls.export.tensorrt (FP16, workspace and profiles from the config)."""
+    from vidcls.export.tensorrt import ort_gpu_accelerators
+
     return {"execution_accelerators": {"gpu_execution_accelerator": [
-        {"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in params]}]}}
+        {"name": name, "parameters": [{"key": k, "value": v} for k, v in params.items()]}
+        for name, params in ort_gpu_accelerators(config, role)]}}
 
 
 def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
@@ -94,7 +97,7 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
     d["instance_group"] = _instances(model, config, target)
     if model.kind == "onnxruntime":
-        d["optimization"] = _ort_accelerators(config)
+        d["optimization"] = _ort_accelerators(config, model.role)
     warm = _warmup(model, config)
     if warm:
         d["model_warmup"] = warm
