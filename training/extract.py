@@ -232,11 +232,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--verbose", action="store_true", help="print one line per finished video")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from vidcls.training.distributed import add_ray_arguments  # --ray, --ray-address, --shards (Ray imported lazily)
+
+    add_ray_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from vidcls.models.backbone import build_backbone
 
+    if getattr(args, "ray", False):  # shards on a Ray cluster, then merge_shards (training/distributed.py)
+        from vidcls.training.distributed import run_ray
+
+        return run_ray(args)
     config = resolve_config(args.preset, args.config, args.backbone)
     weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
     backbone = build_backbone(config, weights).to(args.device)
