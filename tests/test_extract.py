@@ -25,6 +25,9 @@ from vidcls.training.features_h5 import FeatureWriter, read_features, split_path
 from vidcls.video import load_frames
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def assert_same_file(a: Path, b: Path) -> None:
     """Same datasets (values, dtypes, shapes) and same attributes."""
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
@@ -153,7 +156,7 @@ def test_killed_process_resumes(tmp_path, synth_videos, tiny_config):
     """SIGKILL a real `vidcls extract` midway, run it again: same file as an uninterrupted run."""
     data = _subset(synth_videos, tmp_path / "data")
     cmd = [sys.executable, "-m", "vidcls.cli", "extract", str(data), str(tmp_path / "out"),
-           "--preset", "tiny", "--splits", "train", "--verbose", "--no-progress"]
+           "--preset", "tiny", "--splits", "train", "--verbose", "--no-progress", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     done = 0
     for line in proc.stdout:

@@ -231,6 +231,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: imagenet for torchvision backbones, none for tiny)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--verbose", action="store_true", help="print one line per finished video")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster for small models on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from vidcls.training.distributed import add_ray_arguments  # --ray, --ray-address, --shards (Ray imported lazily)
 
@@ -238,8 +240,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from vidcls.models.backbone import build_backbone
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if getattr(args, "ray", False):  # shards on a Ray cluster, then merge_shards (training/distributed.py)
         from vidcls.training.distributed import run_ray
 

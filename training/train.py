@@ -395,10 +395,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mask-padding", action="store_true",
                         help="reference behaviour: attention/pooling/LSTM see the zero padding of augmented batches")
     parser.add_argument("--no-augment", action="store_true", help="turn the three augmentations off")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster for small models on a busy machine)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_file = args.train_file or split_path(args.features, "train")
     val_file = args.val_file or split_path(args.features, "val")
     for f in (train_file, val_file):
