@@ -112,6 +112,19 @@ def ort_gpu_accelerators(config: VidclsConfig, role: str, rank: int | None = Non
     return [("tensorrt", trt)]
 
 
+def ort_session_providers(config: VidclsConfig, role: str, rank: int | None = None,
+                          cache_dir: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+    """Providers for ``vidcls.ort.make_session`` on a GPU (python backend or benchmarks): TensorRT EP
+    with FP16, the config's workspace and the same profile as the native engine, then CUDA."""
+    from vidcls.ort import cuda_provider_options, tensorrt_provider_options
+
+    profs = profiles(config, role, rank)
+    trt = tensorrt_provider_options(config, cache_dir=cache_dir)
+    trt.update(trt_profile_min_shapes=_shape_list(profs, "min"), trt_profile_opt_shapes=_shape_list(profs, "opt"),
+               trt_profile_max_shapes=_shape_list(profs, "max"))
+    return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda_provider_options())]
+
+
 def ort_cuda_accelerator() -> list[tuple[str, dict[str, str]]]:
     """The plain CUDA EP path (no TensorRT): cuDNN's exhaustive conv search, paid once at load."""
     return [("cuda", {"cudnn_conv_algo_search": "0", "use_ep_level_unified_stream": "1"})]

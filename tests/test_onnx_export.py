@@ -130,7 +130,7 @@ def test_backbone_export_uint8_frames_in_features_out(tiny_config, tmp_path):
 
 
 def test_session_providers_resolve_and_missing_gpu_is_an_error(tiny_config, tmp_path):
-    resolved = resolve_providers(("tensorrt", "cuda"), config=tiny_config)
+    resolved = resolve_providers(("cuda", "tensorrt"), config=tiny_config)  # put in priority order
     names = [n for n, _ in resolved]
     assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     trt = resolved[0][1]

@@ -38,6 +38,14 @@ def test_ort_accelerator_settings_are_triton_strings(tiny_config):
     assert params["trt_engine_cache_path"] == "/cache"
 
 
+def test_ort_session_providers_carry_the_engine_profile(tiny_config):
+    (trt_name, trt), (cuda_name, _) = vtrt.ort_session_providers(tiny_config, "backbone", rank=4)
+    assert (trt_name, cuda_name) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    s, size = tiny_config.serving, tiny_config.frame_size
+    assert trt["trt_profile_min_shapes"] == f"{s.frames}:1x{size}x{size}x3"
+    assert trt["trt_fp16_enable"] is True
+
+
 def test_workspace_fits_a_10gb_mig_slice():
     # Two engines (backbone + one temporal) building at once must leave room for their weights and
     # activations on a 1g.10gb slice.
@@ -104,6 +112,6 @@ def test_ort_tensorrt_and_cuda_providers_match_cpu(gpu_onnx):
     cuda = make_session(temporal, providers=["cuda"]).run(None, feeds)[0]
     np.testing.assert_allclose(cuda, ref, atol=1e-4)
     if "TensorrtExecutionProvider" in ort.get_available_providers():
-        trt = make_session(temporal, providers=["tensorrt", "cuda"], config=config,
-                           cache_dir=root / "ort_trt").run(None, feeds)[0]
+        trt = make_session(temporal, providers=vtrt.ort_session_providers(config, "temporal", cache_dir=root / "ort_trt"),
+                           ).run(None, feeds)[0]
         np.testing.assert_allclose(trt, ref, atol=vtrt.TRT_PROBS_ATOL)

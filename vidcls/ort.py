@@ -34,6 +34,9 @@ _SHORT_NAMES = {
 }
 
 
+_PRIORITY = {"TensorrtExecutionProvider": 0, "CUDAExecutionProvider": 1, "CPUExecutionProvider": 2}
+
+
 def cuda_provider_options(device_id: int = 0) -> dict[str, Any]:
     # EXHAUSTIVE conv search is paid once per input shape at start-up and the shapes are fixed per
     # batch size in serving; arena growth by request keeps a shared 10 GB MIG slice usable.
@@ -68,7 +71,7 @@ def resolve_providers(providers: Iterable[ProviderSpec] | str | None = None,
     """Short names / full names / (name, options) → ONNX Runtime's (name, options) list.
 
     GPU providers always get the CPU provider appended as the fallback for nodes they do not
-    take (ONNX Runtime assigns nodes in list order).
+    take, and the list is put in TensorRT → CUDA → CPU order whatever order it was given in.
     """
     if providers is None:
         providers = ["cpu"]
@@ -88,7 +91,9 @@ def resolve_providers(providers: Iterable[ProviderSpec] | str | None = None,
         resolved.append((full, options))
     if all(name != "CPUExecutionProvider" for name, _ in resolved):
         resolved.append(("CPUExecutionProvider", {}))
-    return resolved
+    # ONNX Runtime hands each node to the first provider in the list that takes it: TensorRT must
+    # come before CUDA or it never gets a node, CPU last. Order among equals is kept.
+    return sorted(resolved, key=lambda item: _PRIORITY.get(item[0], 1))
 
 
 def make_session(path: str | os.PathLike, intra_op_threads: int = 0,
