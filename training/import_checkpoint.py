@@ -93,6 +93,10 @@ def _infer_model_config(state: dict) -> dict:
     d_in = state["input_projection.0.weight"].shape[1]
     hidden = state["input_projection.0.weight"].shape[0]
     layers = len({k.split("_l")[1].split("_")[0] for k in state if k.startswith("lstm.weight_ih_l")})
+    heads = TemporalConfig().num_attention_heads
+    if state["attention.in_proj_weight"].shape[1] % heads:
+        raise ValueError("the checkpoint has no model_config and its attention width is not divisible by "
+                         f"the default {heads} heads: the head count cannot be recovered")
     return {"feature_dim": int(d_in), "hidden_dim": int(hidden), "num_lstm_layers": layers,
             "num_classes": int(state["classifier.12.weight"].shape[0]),
             "bidirectional": any("reverse" in k for k in state if k.startswith("lstm."))}
