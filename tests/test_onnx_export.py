@@ -158,3 +158,12 @@ def test_default_size_temporal_model_at_served_lengths(tmp_path):
     assert [r.shape[1] for r in report.rows] == [36, 73, 109]
     assert report.ok, str(report)
     print(report, f"\nexport + parity {time.perf_counter() - start:.1f} s")
+
+
+def test_demo_config_single_layer_lstm_exports(tmp_path):
+    """The demo's temporal model (one LSTM layer: no inter-layer dropout, 4 heads) at its served lengths."""
+    config = VidclsConfig.demo()
+    model = _temporal(config, seed=1)
+    path = export_temporal_onnx(model, config, tmp_path / "demo.onnx")  # parity at 36/73/109 + extras inside
+    report = parity.check_temporal(model, path, config, lengths=[36, 73, 109], batches=(2,))
+    assert report.ok, str(report)
