@@ -266,9 +266,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", help="Triton model repository (vidcls export)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind gRPC, HTTP and metrics to (0.0.0.0 exposes the server)")
-    parser.add_argument("--grpc-port", type=int, default=8001, help="0 = a free port")
-    parser.add_argument("--http-port", type=int, default=8000, help="0 = a free port")
-    parser.add_argument("--metrics-port", type=int, default=8002, help="0 = a free port")
+    # Free ports by default (printed once ready), so a second server or a test never collides;
+    # pass --grpc-port 8001 --http-port 8000 --metrics-port 8002 for Triton's usual ones.
+    parser.add_argument("--grpc-port", type=int, default=0, help="0 = a free port")
+    parser.add_argument("--http-port", type=int, default=0, help="0 = a free port")
+    parser.add_argument("--metrics-port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument("--log-file", default=None, help="server log (default: a temporary file)")
     parser.add_argument("--model-control-mode", default="none", choices=["none", "explicit", "poll"],
@@ -304,13 +306,15 @@ def run(args: argparse.Namespace) -> int:
                           extra_args=tls_args(args) + extra, log_path=args.log_file,
                           log_verbose=args.log_verbose, model_control_mode=args.model_control_mode,
                           ready_timeout=args.ready_timeout)
-    # SIGTERM ends the server like Ctrl-C does.
+    # SIGTERM ends the server like Ctrl-C does (also when started in the background, where the
+    # shell leaves SIGINT ignored).
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"starting tritonserver on {server.repo} (log: {server.log_path})", flush=True)
     try:
         server.start()
-        print(f"ready  gRPC {server.grpc_url}  HTTP http://{server.http_url}  metrics {server.metrics_url}",
-              flush=True)
+        print(f"ready  gRPC {server.grpc_url}  HTTP http://{server.http_url}  metrics {server.metrics_url}"
+              f"  pid {server.pid}", flush=True)
         print("Ctrl-C stops the server.", flush=True)
         while server.running():
             time.sleep(0.5)

@@ -1,0 +1,173 @@
+"""The Triton cpu pipeline with production-size models: videos/s and latency over gRPC.
+
+    .venv/bin/python benchmarks/bench_serving.py [--videos 6] [--concurrency 1 2] [--work DIR]
+
+Default config (T=64 frames of 256x256, EfficientNetV2-S with random weights, four 65M-parameter
+temporal models with random weights, 4 TTA views), a cpu repository built with
+``build_repository``, the real tritonserver of ``vidcls serve``, real H.264 and VP9 files (10 s,
+320x240, 25 fps) sent over gRPC with 1, 2, ... requests in flight. Prints videos/s, latency p50/p95
+and Triton's per-model compute time per execution. Not a test: the machines are shared, so
+compare figures of one run. Checkpoints and the repository are kept in --work and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vidcls.config import VidclsConfig
+
+
+def make_checkpoints(config: VidclsConfig, out: Path) -> Path:
+    import torch
+
+    from vidcls.checkpoint import find_models, save_model
+    from vidcls.models.temporal import SuperEnhancedTemporalModel
+
+    try:
+        if len(find_models(out)) == config.num_models:
+            return out
+    except FileNotFoundError:
+        pass
+    for i, seed in enumerate(config.model_seeds):
+        torch.manual_seed(seed)
+        model = SuperEnhancedTemporalModel(config.temporal).eval()
+        save_model(out / f"model_{i}", model, config, meta={"seed": seed, "backbone_weights": "none"})
+    return out
+
+
+def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), fps: float = 25.0) -> list[Path]:
+    """A textured background panning under a moving block: real content change every frame."""
+    from vidcls.video import encode_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        codec, suffix = ("libvpx-vp9", ".webm") if i % 3 == 2 else ("libx264", ".mp4")
+        path = out / f"bench_{i}{suffix}"
+        if not path.exists():
+            rng = np.random.default_rng(i)
+            w, h = size
+            base = (rng.random((h, w, 3)) * 200).astype(np.uint8)
+            frames = []
+            for k in range(int(seconds * fps)):
+                f = np.roll(base, 3 * k, axis=1)
+                x, y = (7 * k) % (w - 40), (5 * k) % (h - 40)
+                f[y:y + 40, x:x + 40] = (255, (9 * k) % 256, 80)
+                frames.append(f)
+            options = {"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else None
+            encode_video(path, frames, fps=fps, codec=codec, options=options)
+        paths.append(path)
+    return paths
+
+
+def run_load(url: str, config: VidclsConfig, videos: list[Path], concurrency: int) -> dict:
+    """Every video once, ``concurrency`` requests in flight (one client per worker thread)."""
+    import tritonclient.grpc as grpcclient
+
+    s = config.serving
+    payloads = [np.frombuffer(p.read_bytes(), np.uint8)[None] for p in videos]
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(payloads)))
+
+    def worker():
+        with grpcclient.InferenceServerClient(url) as client:
+            while True:
+                with lock:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                inp = grpcclient.InferInput(s.video, list(payloads[i].shape), "UINT8")
+                inp.set_data_from_numpy(payloads[i])
+                t0 = time.perf_counter()
+                try:
+                    client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(s.probabilities)],
+                                 client_timeout=600)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(str(exc))
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    return {"concurrency": concurrency, "videos": len(lat), "errors": len(errors), "wall_s": wall,
+            "videos_per_s": len(lat) / wall,
+            "p50_s": statistics.median(lat) if lat else float("nan"),
+            "p95_s": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan")}
+
+
+def model_compute(url: str) -> dict[str, tuple[int, int, float]]:
+    """model → (inferences, executions, compute ms per execution) from Triton's statistics."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    out = {}
+    for m in stats:
+        execs = int(m.get("execution_count", 0))
+        st = m.get("inference_stats", {})
+        ns = sum(int(st.get(k, {}).get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
+        out[m["name"]] = (int(m.get("inference_count", 0)), execs, ns / 1e6 / max(execs, 1))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--work", default="runs/bench_serving")
+    parser.add_argument("--rebuild", action="store_true", help="re-export the repository")
+    args = parser.parse_args()
+
+    from vidcls.export.repository import build_repository, validate_repository
+    from vidcls.server import TritonServer
+
+    config = VidclsConfig()
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    checkpoints = make_checkpoints(config, work / "checkpoints")
+    repo = work / "repo_cpu"
+    try:
+        if args.rebuild:
+            raise ValueError
+        validate_repository(repo)
+    except (ValueError, FileNotFoundError):
+        build_repository(checkpoints, repo, target="cpu")
+    videos = make_videos(work / "videos", args.videos)
+    print(f"prepared checkpoints, cpu repository and {len(videos)} videos in {time.perf_counter() - t0:.0f} s")
+
+    t0 = time.perf_counter()
+    with TritonServer(repo, log_path=work / "tritonserver.log") as server:
+        print(f"server ready in {time.perf_counter() - t0:.1f} s at {server.grpc_url}")
+        run_load(server.grpc_url, config, videos[:1], 1)  # first request: python stubs' lazy imports
+        rows = [run_load(server.grpc_url, config, videos, c) for c in args.concurrency]
+        compute = model_compute(server.grpc_url)
+
+    print("\nTriton cpu pipeline, default config (EfficientNetV2-S 256x256 x 64 frames, 4 x 65M temporal, 4 views)")
+    print(f"{'concurrency':>11} {'videos':>6} {'errors':>6} {'videos/s':>9} {'p50 s':>7} {'p95 s':>7}")
+    for r in rows:
+        print(f"{r['concurrency']:>11} {r['videos']:>6} {r['errors']:>6} {r['videos_per_s']:>9.3f} "
+              f"{r['p50_s']:>7.2f} {r['p95_s']:>7.2f}")
+    print(f"\n{'model':<18} {'requests':>8} {'executions':>10} {'compute ms/exec':>15}")
+    for name, (inf, execs, ms) in sorted(compute.items()):
+        print(f"{name:<18} {inf:>8} {execs:>10} {ms:>15.1f}")
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
