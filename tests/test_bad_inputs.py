@@ -188,3 +188,168 @@ def test_indices_past_the_end_are_an_error_not_a_guess(bad_input_corpus):
     with pytest.raises(VideoError) as err:
         decode_frames(good.path, np.array([0, 10, 400]), 32, limits=CORPUS_LIMITS)
     assert err.value.code == "corrupt"
+
+
+# ---- server level: the same corpus through the real Triton ensemble ------------------------------
+# The session's shared server uses the default limits; the corpus needs its small ones, so this
+# module builds its own repository (same tiny checkpoints, CORPUS_LIMITS) and runs its own server.
+ATOL = 1e-5  # served probabilities vs the PyTorch reference on the same frames
+
+
+@pytest.fixture(scope="module")
+def limits_server(tiny_checkpoints, serving_config, tmp_path_factory):
+    from vidcls.export.repository import build_repository
+    from vidcls.server import TritonServer
+
+    root = tmp_path_factory.mktemp("limits_server")
+    repo = build_repository(tiny_checkpoints, root / "repo", target="cpu",
+                            config=serving_config.replace(limits=CORPUS_LIMITS))
+    server = TritonServer(repo, log_path=root / "tritonserver.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _request(config, data: bytes):
+    import tritonclient.grpc as grpcclient
+
+    s = config.serving
+    array = np.frombuffer(data, dtype=np.uint8)[None]
+    inp = grpcclient.InferInput(s.video, list(array.shape), "UINT8")
+    inp.set_data_from_numpy(array)
+    outputs = [grpcclient.InferRequestedOutput(s.probabilities), grpcclient.InferRequestedOutput(s.class_name)]
+    return [inp], outputs
+
+
+def send_all_at_once(url: str, config, payloads: list[bytes], timeout: float = 240.0) -> list:
+    """Every payload in flight at once over one gRPC channel; one result or exception each."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    done: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(url) as client:
+        for i, data in enumerate(payloads):
+            inputs, outputs = _request(config, data)
+            client.async_infer(config.serving.ensemble, inputs, outputs=outputs, client_timeout=timeout,
+                               callback=lambda result, error, i=i: done.put((i, result, error)))
+        results = {}
+        deadline = time.monotonic() + timeout + 30
+        for _ in payloads:
+            i, result, error = done.get(timeout=max(1.0, deadline - time.monotonic()))
+            results[i] = error if error is not None else result
+    return [results[i] for i in range(len(payloads))]
+
+
+def _expected_probs(reference_pipeline, source) -> np.ndarray:
+    frames, _ = load_frames(source, corpus_config())
+    return reference_pipeline.classify_frames(frames)
+
+
+def _check_good(result, expected, config, label):
+    assert not isinstance(result, Exception), f"{label}: {result}"
+    probs = result.as_numpy(config.serving.probabilities)
+    assert probs.shape == (1, config.num_classes), label
+    np.testing.assert_allclose(probs[0], expected, atol=ATOL, rtol=0, err_msg=label)
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_server_answers_every_corpus_case_mixed_with_good_files(
+        limits_server, serving_config, reference_pipeline, bad_input_corpus, video_factory):
+    import tritonclient.grpc as grpcclient
+
+    goods = [video_factory(f"mix_{i}.mp4", n=20 + 7 * i, size=(96 + 16 * i, 64 + 8 * i), seed=50 + i)
+             for i in range(4)] + [video_factory("mix_vp9.webm", n=24, size=(96, 96), codec="libvpx-vp9", seed=60)]
+    # Good files between every few bad ones, so every batch the server forms mixes both.
+    payloads, labels = [], []
+    for k, case in enumerate(bad_input_corpus):
+        payloads.append(case.data)
+        labels.append(("case", case))
+        if k % 5 == 2:
+            good = goods[(k // 5) % len(goods)]
+            payloads.append(good.read_bytes())
+            labels.append(("good", good))
+    results = send_all_at_once(limits_server.grpc_url, serving_config, payloads)
+
+    problems = []
+    for (kind, item), result in zip(labels, results):
+        if kind == "good":
+            _check_good(result, reference_pipeline.classify(item), serving_config, item.name)
+            continue
+        case = item
+        if case.expect is None:
+            if isinstance(result, Exception):
+                problems.append(f"{case.name}: expected a result, got {result.message()}")
+            else:
+                _check_good(result, _expected_probs(reference_pipeline, case.path), serving_config, case.name)
+        elif not isinstance(result, Exception):
+            problems.append(f"{case.name}: expected error {case.expect}, got a result")
+        else:
+            message = result.message()
+            # Triton refuses a zero-length tensor itself, before our probe; any other case must be
+            # our probe's or decoder's per-request error, naming the failed check.
+            if case.expect == "empty" and "empty" not in message:
+                if not ("VIDEO" in message or "shape" in message or "size" in message):
+                    problems.append(f"{case.name}: unclear error {message!r}")
+            elif f"{case.expect}:" not in message:
+                problems.append(f"{case.name}: expected '{case.expect}:' in {message!r}")
+    assert not problems, "\n".join(problems)
+
+    assert limits_server.running()
+    with grpcclient.InferenceServerClient(limits_server.grpc_url) as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(serving_config.serving.ensemble)
+    # ... and a good request after all of them still succeeds.
+    after = send_all_at_once(limits_server.grpc_url, serving_config, [goods[0].read_bytes()])[0]
+    _check_good(after, reference_pipeline.classify(goods[0]), serving_config, "after")
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_a_step_that_fails_after_the_probe_does_not_fail_the_others(
+        limits_server, serving_config, reference_pipeline, bad_input_corpus, video_factory):
+    """Files that pass the probe and then fail in video_decode (a picture that grows over the
+    limit mid-stream; a stream whose only frame cannot be decoded), several copies among good
+    requests, all in flight at once: the decode step fails exactly those requests, the ensemble
+    answers the others, and the server keeps serving."""
+    import tritonclient.grpc as grpcclient
+
+    by_name = {c.name: c for c in bad_input_corpus}
+    failing = [by_name["resolution_grows_midstream"], by_name["h264_faststart_cut10"]]
+    for case in failing:  # the premise: the probe accepts them
+        probe(case.path, CORPUS_LIMITS)
+    good = video_factory("fault_good.mp4", n=30, size=(128, 96), seed=70)
+    expected = reference_pipeline.classify(good)
+    payloads = []
+    for _ in range(4):
+        payloads += [good.read_bytes(), failing[0].data, good.read_bytes(), failing[1].data]
+    results = send_all_at_once(limits_server.grpc_url, serving_config, payloads)
+    for i, result in enumerate(results):
+        if i % 2 == 0:
+            _check_good(result, expected, serving_config, f"good #{i}")
+        else:
+            case = failing[(i // 2) % 2]
+            assert isinstance(result, Exception), case.name
+            assert f"{case.expect}:" in result.message(), result.message()
+            assert serving_config.serving.decode in result.message() or "decode" in result.message().lower() \
+                or case.expect in result.message()
+    # A client may call an internal model directly: video_decode with indices no frame has.
+    s = serving_config.serving
+    with grpcclient.InferenceServerClient(limits_server.grpc_url) as client:
+        video = np.frombuffer(good.read_bytes(), np.uint8)[None]
+        v = grpcclient.InferInput(s.video, list(video.shape), "UINT8")
+        v.set_data_from_numpy(video)
+        idx = np.full((1, serving_config.num_frames), -3, np.int32)
+        ix = grpcclient.InferInput(s.frame_indices, list(idx.shape), "INT32")
+        ix.set_data_from_numpy(idx)
+        from tritonclient.utils import InferenceServerException
+
+        with pytest.raises(InferenceServerException) as err:
+            client.infer(s.decode, [v, ix])
+        assert "bad_indices:" in err.value.message()
+        assert client.is_server_ready()
+    after = send_all_at_once(limits_server.grpc_url, serving_config, [good.read_bytes()])[0]
+    _check_good(after, expected, serving_config, "after")
