@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
-                                   make_client)
+                                   make_client, model_missing)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
 from vidcls.config import VidclsConfig
 
@@ -148,7 +148,7 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
         except Exception as exc:  # noqa: BLE001 - every failure becomes a record or a retry
             kind, msg, status = error_kind(exc)
             if kind == "ambiguous":
-                # INTERNAL from a healthy server is about this input; from a dying one, it is not.
+                # An error from a healthy server is about this input; from a dying one, it is not.
                 kind = "rejected" if await endpoint_healthy(ep.client, req.model, req.model_version) else "transient"
         else:
             fleet.succeeded(ep)
@@ -214,9 +214,14 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         return summary
 
     req = opts.request_options()
+    fleet = Fleet.from_urls(opts.urls, opts.policy, lambda u: make_client(u, opts.tls))
+    try:
+        await _preflight(fleet, req)
+    except BaseException:
+        await _close(fleet)
+        raise
     writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
         if output is not None else None
-    fleet = Fleet.from_urls(opts.urls, opts.policy, lambda u: make_client(u, opts.tls))
     queue: asyncio.Queue[str] = asyncio.Queue()
     for p in todo:
         queue.put_nowait(p)
@@ -258,12 +263,27 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         bar.close()
         if writer is not None:
             writer.close()
-        for ep in fleet.endpoints:
-            try:
-                await ep.client.close()
-            except Exception:  # noqa: BLE001 - closing a dead channel must not hide the result
-                pass
+        await _close(fleet)
     return summary
+
+
+async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
+    """Stop early when every reachable endpoint is ready but lacks the model: otherwise each file
+    would look like a server that is still loading, and be retried."""
+    answers = await asyncio.gather(*(model_missing(ep.client, req.model, req.model_version) for ep in fleet.endpoints))
+    known = [a for a in answers if a is not None]
+    if known and all(known):
+        version = f" version {req.model_version}" if req.model_version else ""
+        raise UsageError(f"model {req.model!r}{version} is not served at "
+                         + ", ".join(ep.url for ep in fleet.endpoints))
+
+
+async def _close(fleet: Fleet) -> None:
+    for ep in fleet.endpoints:
+        try:
+            await ep.client.close()
+        except Exception:  # noqa: BLE001 - closing a dead channel must not hide the result
+            pass
 
 
 def classify_paths(paths: Iterable[str] | str, url: str | Sequence[str] = DEFAULT_URL, output: str | None = None,

@@ -55,13 +55,14 @@ class Fleet:
         return cls([Endpoint(u, make_client(u) if make_client else None) for u in unique], policy)
 
     def pick(self, exclude: Iterable[Endpoint] = ()) -> Endpoint:
-        """The endpoint for the next attempt. Prefers endpoints that are up and not in ``exclude``;
-        if every endpoint is set aside, the one that comes back first (the caller backs off)."""
+        """The endpoint for the next attempt. Prefers endpoints that are up and not in ``exclude``
+        (those just tried); otherwise the one that comes back first (the caller backs off)."""
         now = self.clock()
         excluded = {id(e) for e in exclude}
         up = [e for e in self.endpoints if e.is_up(now) and id(e) not in excluded]
         if not up:
-            return min(self.endpoints, key=lambda e: (e.down_until, e.outstanding, e.order))
+            rest = [e for e in self.endpoints if id(e) not in excluded] or self.endpoints
+            return min(rest, key=lambda e: (e.down_until, e.outstanding, e.order))
         if self.policy == "round-robin" or len(up) == 1:
             # Rotate over the whole fleet so a recovered endpoint gets its share again.
             start = next(self._rr) % len(self.endpoints)

@@ -21,8 +21,9 @@ from vidcls.config import VidclsConfig
 
 TRANSIENT_CODES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
 TIMEOUT_CODES = {"StatusCode.DEADLINE_EXCEEDED"}
-# Codes a dying or restarting server also produces; an input error if the server is healthy.
-AMBIGUOUS_CODES = {"StatusCode.INTERNAL", "StatusCode.UNKNOWN", "StatusCode.ABORTED", "None", ""}
+# Every other code is ambiguous: a stopping or restarting server answers with INTERNAL errors or
+# "unknown model ... has no available versions" while it unloads, not only with UNAVAILABLE. So
+# an error counts as the input's fault only if the endpoint is healthy right after it.
 
 # gRPC's own reconnect backoff grows to 120 s; a client that must survive a server restart of a
 # few seconds reconnects faster than that.
@@ -105,9 +106,7 @@ def error_kind(exc: BaseException) -> tuple[str, str, str]:
             return "transient", msg, status
         if status in TIMEOUT_CODES:
             return "timeout", f"timeout: {msg}", status
-        if status in AMBIGUOUS_CODES:
-            return "ambiguous", msg, status
-        return "rejected", msg, status
+        return "ambiguous", msg, status
     return "rejected", f"{type(exc).__name__}: {exc}", ""
 
 
@@ -118,6 +117,17 @@ async def endpoint_healthy(client, model: str, version: str, timeout: float = 3.
             await client.is_model_ready(model, version, client_timeout=timeout))
     except Exception:
         return False
+
+
+async def model_missing(client, model: str, version: str, timeout: float = 5.0) -> bool | None:
+    """True when the server is ready but does not serve ``model`` (a wrong name or version: no
+    retry can fix that); None when the server cannot tell (unreachable or still starting)."""
+    try:
+        if not await client.is_server_ready(client_timeout=timeout):
+            return None
+        return not await client.is_model_ready(model, version, client_timeout=timeout)
+    except Exception:
+        return None
 
 
 class _ShmRegion:
