@@ -118,6 +118,24 @@ def test_unreachable_server_and_unreadable_file_are_recorded(tmp_path, dead_url)
     assert cli_main(["classify", str(video), "--url", dead_url, "-o", str(out), "-q"]) == 2
 
 
+def test_resume_keeps_failed_records_and_retry_failed_replaces_them(tmp_path, dead_url):
+    videos = []
+    for i in range(3):
+        videos.append(tmp_path / f"v{i}.mp4")
+        videos[-1].write_bytes(b"x")
+    out = tmp_path / "out.jsonl"
+    first = classify_paths([str(v) for v in videos[:2]], dead_url, output=str(out), **FAST)
+    assert first.failed == 2 and first.exit_code == 1
+    # --resume: the two failed records stay (and still count in the exit code); only v2 is new.
+    again = classify_paths([str(v) for v in videos], dead_url, output=str(out), resume=True, **FAST)
+    assert (again.skipped, again.failed, again.previously_failed, again.exit_code) == (2, 1, 2, 1)
+    # --retry-failed: failed records are dropped and tried again, never duplicated.
+    retried = classify_paths([str(v) for v in videos], dead_url, output=str(out), resume=True, retry_failed=True,
+                             **FAST)
+    assert (retried.skipped, retried.failed, retried.previously_failed) == (0, 3, 0)
+    assert sorted(r["path"] for r in read_rows(out)) == sorted(str(v) for v in videos)
+
+
 def test_output_folder_and_no_writes_outside_it(tmp_path, dead_url):
     """Input paths are data: only the chosen output file is written."""
     inputs = tmp_path / "in"
@@ -177,6 +195,14 @@ def test_unknown_model_is_a_usage_error(triton_server, client_videos, tmp_path):
     rc = cli_main(["classify", str(client_videos["good"][0]), "--url", triton_server.grpc_url, "-o", str(out),
                    "--model", "no_such_model", "--no-progress", "-q"])
     assert rc == 2 and not out.exists()
+
+
+@pytest.mark.server
+def test_request_timeout_is_recorded_not_retried(triton_server, client_videos, tmp_path):
+    summary = classify_paths([str(client_videos["good"][0])], triton_server.grpc_url, output=str(tmp_path / "t.csv"),
+                             timeout=0.001, progress=False)
+    (rec,) = summary.records
+    assert rec["error"].startswith("timeout") and rec["attempts"] == 1 and summary.exit_code == 1
 
 
 @pytest.mark.server
