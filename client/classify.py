@@ -303,8 +303,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video files, folders (searched recursively for video extensions) or @LIST files")
     parser.add_argument("--list", action="append", default=[], metavar="FILE",
                         help="a file with one path per line (repeatable)")
-    parser.add_argument("-u", "--url", action="append", default=None, metavar="HOST:PORT",
-                        help=f"Triton gRPC endpoint; repeat (or comma-separate) for a fleet [default {DEFAULT_URL}]")
+    parser.add_argument("-u", "--url", action="append", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help=f"Triton gRPC endpoint (default {DEFAULT_URL}); repeat or comma-separate for a fleet")
     parser.add_argument("--balance", choices=POLICIES, default="least-outstanding",
                         help="how requests spread over several --url endpoints")
     out = parser.add_argument_group("output")
@@ -337,7 +337,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
-    urls = [u.strip() for item in (args.url or [DEFAULT_URL]) for u in item.split(",") if u.strip()]
+    urls = [u.strip() for item in (getattr(args, "url", None) or [DEFAULT_URL]) for u in item.split(",") if u.strip()]
     tls = TLSOptions(ssl=args.ssl or bool(args.root_cert or args.client_cert), root_cert=args.root_cert,
                      client_cert=args.client_cert, client_key=args.client_key)
     return ClassifyOptions(

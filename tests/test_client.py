@@ -40,6 +40,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # ---- unit: no server ---------------------------------------------------------------------------
+def test_client_modules_import_no_torch():
+    """`pip install vidcls[client]` is enough: the client never imports torch (or PyAV)."""
+    code = ("import sys, vidcls.client.classify, vidcls.client.bench; "
+            "bad = [m for m in ('torch', 'av', 'onnxruntime') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
 def test_collect_inputs_folders_lists_explicit(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for rel in ("a/1.mp4", "a/b/2.MKV", "a/b/3.webm", "a/notes.txt", "x.bin"):
