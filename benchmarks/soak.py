@@ -161,7 +161,7 @@ class Level:
 
 
 def run_level(binary: Path, env: dict, url: str, model: str, input_json: Path, level: Level, seconds: float,
-              window_ms: int, work: Path) -> None:
+              window_ms: int, work: Path, tag: str = "") -> None:
     """perf_analyzer at one concurrency, run after run, until ``seconds`` are spent.
 
     Each run measures three windows (a stability threshold of 1000% accepts the first three), so
@@ -173,7 +173,7 @@ def run_level(binary: Path, env: dict, url: str, model: str, input_json: Path, l
                        stability_percentage=1000.0, max_trials=3, extra=["--async"])
     start = time.monotonic()
     while time.monotonic() - start < seconds:
-        csv_path = work / f"c{level.concurrency}_run{level.runs}.csv"
+        csv_path = work / f"{tag}c{level.concurrency}_run{level.runs}.csv"
         log_path = csv_path.with_suffix(".log")
         try:
             run_perf_analyzer(build_command(binary, opts, input_json, csv_path), env, log_path,
@@ -260,7 +260,8 @@ def soak(url: str, pid: int, videos: Sequence[Path], concurrency: Sequence[int],
     # have run once. Growth is measured from after this point.
     sampler.label = "warmup"
     warm = Level(concurrency=max(concurrency))
-    run_level(binary, env, url, model, input_json, warm, seconds=1.0, window_ms=min(window_ms, 2000), work=work)
+    run_level(binary, env, url, model, input_json, warm, seconds=1.0, window_ms=min(window_ms, 2000), work=work,
+              tag="warmup_")
     baseline = sampler.sample()
     t_start = time.monotonic()
     levels = []
