@@ -353,3 +353,45 @@ def test_a_step_that_fails_after_the_probe_does_not_fail_the_others(
         assert client.is_server_ready()
     after = send_all_at_once(limits_server.grpc_url, serving_config, [good.read_bytes()])[0]
     _check_good(after, expected, serving_config, "after")
+
+
+@pytest.mark.timeout(300)
+def test_mutated_files_give_an_error_code_or_a_valid_result(bad_input_corpus):
+    """Bounded, seeded mutation fuzzing of the valid files: byte flips, overwritten runs, cuts,
+    inserted and duplicated ranges. Anything but a VideoError or a valid result is a crash."""
+    import random
+
+    config = corpus_config()
+    by_name = {c.name: c for c in bad_input_corpus}
+    seeds = [by_name[n].data for n in ("h264_good", "vp9_good", "h264_frames_claimed", "odd_99x77_mjpeg",
+                                       "variable_frame_rate", "odd_99x77_h264_444")]
+    rng = random.Random(20261125)
+    crashes, slow = [], []
+    for i in range(160):
+        d = bytearray(rng.choice(seeds))
+        op = rng.choice(["flip", "overwrite", "cut", "insert", "duplicate"])
+        at = rng.randrange(len(d))
+        if op == "flip":
+            for _ in range(rng.randint(1, 8)):
+                d[rng.randrange(len(d))] = rng.randrange(256)
+        elif op == "overwrite":
+            n = rng.randint(10, 3000)
+            d[at:at + n] = bytes(rng.randrange(256) for _ in range(len(d[at:at + n])))
+        elif op == "cut":
+            del d[at:]
+        elif op == "insert":
+            d[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 500)))
+        else:
+            end = min(len(d), at + rng.randint(100, 5000))
+            d[end:end] = d[at:end]
+        start = time.monotonic()
+        try:
+            frames, _ = load_frames(bytes(d), config)
+            assert frames.shape == (config.num_frames, config.frame_size, config.frame_size, 3)
+        except VideoError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            crashes.append(f"#{i} {op}: {exc!r}")
+        if time.monotonic() - start > CASE_SECONDS:
+            slow.append(f"#{i} {op}")
+    assert not crashes and not slow, (crashes, slow)

@@ -142,7 +142,10 @@ def _video_stream(container):
     streams = [s for s in streams if not (s.disposition & 0x0400)]  # AV_DISPOSITION_ATTACHED_PIC
     if not streams:
         raise VideoError("no_video_stream", "the file has no video stream (audio-only or not a video)")
-    return streams[0]
+    stream = streams[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for it (e.g. an unknown AVI fourcc)
+        raise VideoError("codec", "the video stream's codec is unknown to FFmpeg (no decoder for it)")
+    return stream
 
 
 def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
