@@ -99,3 +99,18 @@ def test_cli_ensemble(synthetic_feature_dir, tmp_path, capsys):
     with torch.no_grad():
         assert not torch.equal(models[0](x), models[1](x))  # different seeds, different models
     assert "2 model(s)" in capsys.readouterr().out
+
+
+def test_checkpoint_holds_the_trained_model(synthetic_feature_dir, tmp_path):
+    """After one epoch the best checkpoint is the final training state: same tensors, same logits."""
+    (model_dir,) = _train(synthetic_feature_dir, tmp_path / "one", models=1, epochs=1)
+    best, state = _final_tensors(model_dir)
+    trained = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    assert trained.keys() == best.keys() and all(torch.equal(trained[k], best[k]) for k in best)
+    model, config, _ = load_model(model_dir)
+    reference = type(model)(config.temporal).eval()
+    reference.load_state_dict(trained)
+    x = torch.randn(2, config.seq_len, config.feature_dim)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+        assert torch.equal(model(x[:, :9]), reference(x[:, :9]))
