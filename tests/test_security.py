@@ -195,3 +195,38 @@ def test_booby_trapped_pickles_are_refused_without_running(tmp_path):
     with pytest.raises(PermissionError):
         import_checkpoint(tmp_path / "reference.pt", tmp_path / "imported")
     assert not marker.exists(), "a loader ran pickled code"
+
+
+# ---- paths from feature files ----------------------------------------------------------------------
+HOSTILE_IDS = ("../../vidcls_escape_a", "/tmp/vidcls_escape_b", "x/../../../vidcls_escape_c",
+               "..\\..\\vidcls_escape_d", "Gaming/../../../../vidcls_escape_e")
+
+
+def test_video_ids_from_feature_files_never_become_paths(tmp_path, tiny_config):
+    """A feature file's video ids are data: train and evaluate write only into their output folders."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("torch")
+    from vidcls.cli import main
+    from vidcls.training.features_h5 import FeatureWriter, split_path
+
+    work = tmp_path / "work"
+    features = work / "features"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        with FeatureWriter(split_path(features, split), tiny_config, "none") as w:
+            for c in range(tiny_config.num_classes):
+                for j, vid in enumerate(HOSTILE_IDS[:3]):
+                    seq = rng.normal(c, 1.0, (tiny_config.seq_len, tiny_config.feature_dim)).astype(np.float32)
+                    w.append(f"{vid}_{split}_{c}_{j}", seq, c)
+    top = tmp_path.parent  # where '../..' from the output folders would land
+    before = {p for p in top.rglob("*")}
+    assert main(["train", str(features), str(work / "ckpt"), "--models", "1", "--epochs", "1",
+                 "--no-progress", "--threads", "1"]) == 0
+    assert main(["evaluate", str(features), str(work / "ckpt"), "--out", str(work / "eval")]) == 0
+    new = {p for p in top.rglob("*")} - before
+    outside = [p for p in new if not (p.is_relative_to(work / "ckpt") or p.is_relative_to(work / "eval"))]
+    assert not outside, outside
+    assert not any("vidcls_escape" in p.name for p in new)
+    assert not list(Path("/tmp").glob("vidcls_escape*"))
+    rows = (work / "eval" / "predictions.csv").read_text()
+    assert "../../vidcls_escape_a_test_0_0" in rows  # kept as data, verbatim
