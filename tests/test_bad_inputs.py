@@ -395,3 +395,24 @@ def test_mutated_files_give_an_error_code_or_a_valid_result(bad_input_corpus):
         if time.monotonic() - start > CASE_SECONDS:
             slow.append(f"#{i} {op}")
     assert not crashes and not slow, (crashes, slow)
+
+
+def test_decoder_refuses_an_oversized_picture_before_allocating_it(bad_input_corpus, monkeypatch):
+    """Bypassing the probe, an 800x600 file under a 640x480 limit: FFmpeg's max_pixels makes the
+    decoder refuse the stream, so not a single 800x600 picture is ever produced."""
+    import av
+
+    produced = []
+    real_decode = av.video.stream.VideoStream.decode
+
+    def spy(self, packet=None):
+        frames = real_decode(self, packet)
+        produced.extend((f.width, f.height) for f in frames)
+        return frames
+
+    monkeypatch.setattr(av.video.stream.VideoStream, "decode", spy)
+    big = next(c for c in bad_input_corpus if c.name == "over_resolution")
+    with pytest.raises(VideoError) as err:
+        decode_frames(big.path, np.arange(3), 32, limits=CORPUS_LIMITS)
+    assert err.value.code == "max_resolution" and "800x600" in err.value.message
+    assert produced == []
