@@ -416,3 +416,16 @@ def test_decoder_refuses_an_oversized_picture_before_allocating_it(bad_input_cor
         decode_frames(big.path, np.arange(3), 32, limits=CORPUS_LIMITS)
     assert err.value.code == "max_resolution" and "800x600" in err.value.message
     assert produced == []
+
+
+def test_a_picture_the_scaler_cannot_read_is_a_pixel_format_error(bad_input_corpus, monkeypatch):
+    import av
+
+    def unreadable(self, *args, **kwargs):
+        raise ValueError("Conversion from this pixel format is not supported")
+
+    monkeypatch.setattr(av.video.frame.VideoFrame, "to_ndarray", unreadable)
+    good = next(c for c in bad_input_corpus if c.name == "h264_good")
+    with pytest.raises(VideoError) as err:
+        load_frames(good.path, corpus_config())
+    assert err.value.code == "pixel_format" and "yuv420p" in err.value.message

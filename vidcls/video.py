@@ -259,8 +259,13 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
             i = decoded
             decoded += 1
             if i in wanted:
-                last = frame.to_ndarray(format="rgb24", width=size, height=size,
-                                        interpolation=RESIZE_INTERPOLATION)
+                try:
+                    last = frame.to_ndarray(format="rgb24", width=size, height=size,
+                                            interpolation=RESIZE_INTERPOLATION)
+                except (ValueError, av.error.FFmpegError):
+                    # A pixel format the scaler cannot read: this file's problem, not a crash.
+                    fmt = getattr(frame.format, "name", "unknown")
+                    raise VideoError("pixel_format", f"pictures in pixel format {fmt!r} cannot be converted to RGB") from None
                 for pos in wanted[i]:
                     out[pos] = last
             if i >= last_needed:
