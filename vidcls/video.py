@@ -180,6 +180,9 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
             raise VideoError("max_duration", f"{header_duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
         count, last_pts = 0, None
         first_pts = None
+        time_base = stream.time_base
+        # Time stamps past this span (in stream ticks) break max_duration: stop reading there.
+        max_ticks = limits.max_duration_s / float(time_base) if time_base else None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # the flush packet at the end
@@ -188,6 +191,10 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
                 if packet.pts is not None:
                     first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
                     last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
+                    if max_ticks is not None and last_pts - first_pts > max_ticks:
+                        span = float((last_pts - first_pts) * time_base)
+                        raise VideoError("max_duration", f"{span:.1f} s is over the limit of "
+                                         f"{limits.max_duration_s:.0f} s")
                 if count > limits.max_frames:
                     raise VideoError("max_frames", f"more than {limits.max_frames} frames")
         except VideoError:
@@ -201,8 +208,8 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
         if not (width and height):
             raise VideoError("corrupt", "the size of the pictures cannot be read from the stream")
         duration = header_duration
-        if last_pts is not None and stream.time_base is not None:
-            duration = max(duration, float((last_pts - first_pts) * stream.time_base))
+        if last_pts is not None and time_base is not None:
+            duration = max(duration, float((last_pts - first_pts) * time_base))
         if duration > limits.max_duration_s:
             raise VideoError("max_duration", f"{duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
         return ProbeResult(container=container.format.name, codec=codec, width=width, height=height,
