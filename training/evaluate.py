@@ -137,11 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate when FEATURES is a folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: first CHECKPOINTS/eval_{split})")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def run(args: argparse.Namespace) -> int:
     from vidcls.checkpoint import find_models, load_ensemble
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = args.features if args.features.is_file() else split_path(args.features, args.split)
     start = time.perf_counter()
     models, config, metas = load_ensemble(args.checkpoints, args.device)
