@@ -110,6 +110,9 @@ def test_requests_are_batched_server_side(triton_server, serving_config, concurr
     batched = {m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
                for m in stats if int(m.get("execution_count", 0)) < int(m.get("inference_count", 0))}
     assert batched, f"no model batched requests: {stats}"
+    # VIDEO is ragged (files differ in size): the steps that take it must batch too.
+    s = serving_config.serving
+    assert {s.probe, s.decode} & set(batched), f"different-size files were not batched: {batched}"
 
 
 @pytest.mark.server
@@ -201,3 +204,36 @@ def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, se
         assert r.error is None
         np.testing.assert_allclose(r.outputs[s.probabilities], np.full((1, c), 1.0 / c))
         assert r.outputs[s.class_name].shape == (1, 1)
+
+
+@pytest.mark.server
+def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serving_config, tmp_path):
+    """The CLI: ready line with the addresses, models answer, SIGTERM stops the whole process group."""
+    import os
+    import signal
+    import subprocess
+
+    import tritonclient.grpc as grpcclient
+
+    proc = subprocess.Popen([sys.executable, "-m", "vidcls.cli", "serve", str(cpu_repository),
+                             "--log-file", str(tmp_path / "serve.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        grpc_url = lines[-1].split()[2]
+        assert grpc_url.startswith("127.0.0.1:")
+        with grpcclient.InferenceServerClient(grpc_url) as client:
+            assert client.is_model_ready(serving_config.serving.ensemble)
+        server_pid = int(lines[-1].split()[-1])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -187,7 +187,8 @@ class TritonServer:
         self._log_file = open(self.log_path, "ab")
         self._proc = subprocess.Popen(self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
                                       stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      start_new_session=True)  # setsid: its own process group
+                                      start_new_session=True,  # setsid: its own process group
+                                      preexec_fn=_parent_death_signal())
         try:
             self.wait_ready(self.ready_timeout)
         except BaseException:
@@ -252,6 +253,21 @@ class TritonServer:
             self.stop(grace=5)
         except Exception:
             pass
+
+
+def _parent_death_signal():
+    """A pre-exec hook: the server gets SIGTERM when its owner dies without stopping it (a killed
+    test run, a timeout), so no orphaned server keeps ports and memory. Linux only (None elsewhere).
+    The kernel signals when the *thread* that started the server ends: start it from a thread
+    that lives as long as the server, e.g. the main thread. prctl is looked up here, in the parent:
+    the child between fork and exec must not dlopen."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def _signal_group(pid: int, sig: int) -> None:
