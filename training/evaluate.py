@@ -106,7 +106,7 @@ def write_outputs(out: Path, metrics: dict, probs: dict, features: FeatureSet, c
     panels = [(f"{n}_{mode}", m[mode]) for n, m in metrics["models"].items() for mode in ("standard", "tta")]
     panels.append(("ensemble_tta", metrics["ensemble_tta"]))
     for key, m in panels:
-        path = out / f"confusion_{key}.png"
+        path = out / f"confusion_{key.replace('/', '_')}.png"
         plot_confusion(m["confusion_matrix"], config.display_names,
                        f"{key.replace('_', ' ')}: accuracy {m['accuracy']:.1%}, macro F1 {m['f1_macro']:.3f}", path)
         written.append(path)
@@ -148,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     path = args.features if args.features.is_file() else split_path(args.features, args.split)
     start = time.perf_counter()
     models, config, metas = load_ensemble(args.checkpoints, args.device)
-    names = [d.name for p in args.checkpoints for d in find_models(p)]
+    dirs = [d for p in args.checkpoints for d in find_models(p)]
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):  # model_0 of two ensembles: keep them apart
+        names = [f"{d.parent.name}/{d.name}" for d in dirs]
     features = read_features(path, config)
     weights = {m.get("backbone_weights") for m in metas} - {None}
     if weights and features.backbone_weights not in weights:
