@@ -42,7 +42,8 @@ class ClassifyOptions:
     output: str | None = None  # None: keep records in memory only; "-": stdout
     fmt: str = "auto"
     concurrency: int = 4
-    retries: int = 8
+    retries: int = 20
+    retry_timeout: float = 120.0  # seconds a file may keep failing transiently before it is given up
     backoff: float = 0.5
     backoff_max: float = 8.0
     policy: str = "least-outstanding"
@@ -136,6 +137,7 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
         return record
     tried: list = []
     backoffs = 0
+    first_failure = None
     while True:
         ep = fleet.pick(exclude=tried)
         record["attempts"] += 1
@@ -164,8 +166,11 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
             record["error"] = msg
             return record
         fleet.failed(ep)
-        if record["attempts"] > opts.retries:
-            record["error"] = f"unavailable after {record['attempts']} attempts: {msg}"
+        now = time.monotonic()
+        first_failure = now if first_failure is None else first_failure
+        if record["attempts"] > opts.retries or now - first_failure > opts.retry_timeout:
+            record["error"] = (f"unavailable after {record['attempts']} attempts in {now - first_failure:.1f} s: "
+                               f"{msg}")
             return record
         tried.append(ep)
         if fleet.has_other_up(tried):
@@ -322,7 +327,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--model-version", default="", help="model version ('' = the server's policy)")
     req.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight at once")
     req.add_argument("--timeout", type=float, default=300.0, help="request deadline in seconds (0 = none)")
-    req.add_argument("--retries", type=int, default=8, help="retries of a transient failure per file")
+    req.add_argument("--retries", type=int, default=20,
+                     help="most retries of a file after transient failures (server down, restarting)")
+    req.add_argument("--retry-timeout", type=float, default=120.0,
+                     help="give a file up after it has failed transiently for this many seconds")
     req.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each time)")
     req.add_argument("--backoff-max", type=float, default=8.0, help="longest retry delay in seconds")
     req.add_argument("--shm", action="store_true",
@@ -342,6 +350,7 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
                      client_cert=args.client_cert, client_key=args.client_key)
     return ClassifyOptions(
         urls=urls, output=args.output, fmt=args.format, concurrency=args.concurrency, retries=args.retries,
+        retry_timeout=args.retry_timeout,
         backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,

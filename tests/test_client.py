@@ -118,7 +118,7 @@ def test_unreachable_server_and_unreadable_file_are_recorded(tmp_path, dead_url)
                    "--retries", "2", "--backoff", "0.01", "--no-progress", "-q"])
     assert rc == 1
     rows = {r["path"]: r for r in read_rows(out)}
-    assert rows[str(video)]["error"].startswith("unavailable after 3 attempts")
+    assert rows[str(video)]["error"].startswith("unavailable after 3 attempts in")
     assert rows[str(video)]["attempts"] == "3"
     assert rows[str(tmp_path / "gone.mp4")]["error"].startswith("unreadable")
     # An existing output is never replaced by accident.
@@ -302,7 +302,8 @@ def test_survives_server_restart(spare_server, many_videos, tmp_path):
     t = threading.Thread(target=restart_when_running, daemon=True)
     t.start()
     summary = classify_paths([str(p) for p in many_videos], spare_server.grpc_url, output=str(out),
-                             concurrency=2, progress=False, retries=10, backoff=0.25, backoff_max=4.0)
+                             concurrency=2, progress=False, retries=1000, retry_timeout=300, backoff=0.25,
+                             backoff_max=2.0)
     t.join(180)
     if not spare_server.running():
         spare_server.start()
