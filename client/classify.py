@@ -43,7 +43,7 @@ class ClassifyOptions:
     fmt: str = "auto"
     concurrency: int = 4
     retries: int = 20
-    retry_timeout: float = 120.0  # seconds a file may keep failing transiently before it is given up
+    retry_timeout: float = 120.0  # seconds of outage of the whole fleet before files are given up
     backoff: float = 0.5
     backoff_max: float = 8.0
     policy: str = "least-outstanding"
@@ -137,7 +137,6 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
         return record
     tried: list = []
     backoffs = 0
-    first_failure = None
     while True:
         ep = fleet.pick(exclude=tried)
         record["attempts"] += 1
@@ -166,17 +165,17 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
             record["error"] = msg
             return record
         fleet.failed(ep)
-        now = time.monotonic()
-        first_failure = now if first_failure is None else first_failure
-        if record["attempts"] > opts.retries or now - first_failure > opts.retry_timeout:
-            record["error"] = (f"unavailable after {record['attempts']} attempts in {now - first_failure:.1f} s: "
-                               f"{msg}")
+        # The time budget is the fleet's outage, not this file's: once every endpoint has been
+        # failing for retry_timeout, the remaining files give up at once instead of each waiting.
+        outage = fleet.outage_s()
+        if record["attempts"] > opts.retries or outage > opts.retry_timeout:
+            record["error"] = f"unavailable after {record['attempts']} attempts ({outage:.0f} s outage): {msg}"
             return record
         tried.append(ep)
         if fleet.has_other_up(tried):
             continue  # fail over at once
         tried.clear()
-        delay = min(opts.backoff_max, opts.backoff * 2 ** backoffs) * random.uniform(0.5, 1.0)
+        delay = min(opts.backoff_max, opts.backoff * 2 ** min(backoffs, 16)) * random.uniform(0.5, 1.0)
         backoffs += 1
         await asyncio.sleep(delay)
 
@@ -330,7 +329,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--retries", type=int, default=20,
                      help="most retries of a file after transient failures (server down, restarting)")
     req.add_argument("--retry-timeout", type=float, default=120.0,
-                     help="give a file up after it has failed transiently for this many seconds")
+                     help="give files up once every endpoint has been failing for this many seconds")
     req.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each time)")
     req.add_argument("--backoff-max", type=float, default=8.0, help="longest retry delay in seconds")
     req.add_argument("--shm", action="store_true",

@@ -25,6 +25,7 @@ class Endpoint:
     sent: int = 0
     ok: int = 0
     failures: int = 0  # consecutive transient failures
+    failing_since: float | None = None  # start of the current run of failures
     down_until: float = 0.0
     order: int = 0
 
@@ -80,9 +81,20 @@ class Fleet:
     def succeeded(self, ep: Endpoint) -> None:
         ep.ok += 1
         ep.failures = 0
+        ep.failing_since = None
         ep.down_until = 0.0
 
     def failed(self, ep: Endpoint) -> None:
         """A transient failure (unreachable, restarting): set the endpoint aside for a while."""
+        now = self.clock()
         ep.failures += 1
-        ep.down_until = self.clock() + min(MAX_COOLDOWN_S, COOLDOWN_S * 2 ** (ep.failures - 1))
+        if ep.failing_since is None:
+            ep.failing_since = now
+        ep.down_until = now + min(MAX_COOLDOWN_S, COOLDOWN_S * 2 ** min(ep.failures - 1, 16))
+
+    def outage_s(self) -> float:
+        """How long every endpoint has been failing (0 while any of them has not)."""
+        starts = [ep.failing_since for ep in self.endpoints]
+        if any(s is None for s in starts):
+            return 0.0
+        return self.clock() - max(starts)

@@ -88,6 +88,13 @@ def test_fleet_round_robin_least_outstanding_and_failover():
     assert rr.pick(exclude=[eps[0], eps[2]]).url == "b"  # all others excluded: the one back first
     now[0] += 10
     assert "b" in {rr.pick().url for _ in range(3)}  # cool-down over: b is back
+    assert rr.outage_s() == 0.0  # a and c never failed
+    for ep in eps:
+        rr.failed(ep)
+    now[0] += 5
+    assert rr.outage_s() == pytest.approx(5.0)  # every endpoint failing for 5 s
+    rr.succeeded(eps[0])
+    assert rr.outage_s() == 0.0
 
     lo = Fleet([Endpoint("a"), Endpoint("b")], "least-outstanding", clock=lambda: now[0])
     lo.endpoints[0].outstanding = 3
@@ -118,7 +125,7 @@ def test_unreachable_server_and_unreadable_file_are_recorded(tmp_path, dead_url)
                    "--retries", "2", "--backoff", "0.01", "--no-progress", "-q"])
     assert rc == 1
     rows = {r["path"]: r for r in read_rows(out)}
-    assert rows[str(video)]["error"].startswith("unavailable after 3 attempts in")
+    assert rows[str(video)]["error"].startswith("unavailable after 3 attempts")
     assert rows[str(video)]["attempts"] == "3"
     assert rows[str(tmp_path / "gone.mp4")]["error"].startswith("unreadable")
     # An existing output is never replaced by accident.
@@ -141,6 +148,18 @@ def test_resume_keeps_failed_records_and_retry_failed_replaces_them(tmp_path, de
                              **FAST)
     assert (retried.skipped, retried.failed, retried.previously_failed) == (0, 3, 0)
     assert sorted(r["path"] for r in read_rows(out)) == sorted(str(v) for v in videos)
+
+
+def test_long_outage_gives_remaining_files_up_quickly(tmp_path, dead_url):
+    videos = []
+    for i in range(6):
+        videos.append(tmp_path / f"v{i}.mp4")
+        videos[-1].write_bytes(b"x")
+    t0 = time.monotonic()
+    summary = classify_paths([str(v) for v in videos], dead_url, progress=False, concurrency=1, retries=10_000,
+                             retry_timeout=0.5, backoff=0.05, backoff_max=0.1)
+    assert summary.failed == 6 and time.monotonic() - t0 < 10
+    assert summary.records[0]["attempts"] > 1 and summary.records[-1]["attempts"] == 1  # the outage was known
 
 
 def test_output_folder_and_no_writes_outside_it(tmp_path, dead_url):
@@ -302,7 +321,7 @@ def test_survives_server_restart(spare_server, many_videos, tmp_path):
     t = threading.Thread(target=restart_when_running, daemon=True)
     t.start()
     summary = classify_paths([str(p) for p in many_videos], spare_server.grpc_url, output=str(out),
-                             concurrency=2, progress=False, retries=1000, retry_timeout=300, backoff=0.25,
+                             concurrency=2, progress=False, retries=1000, retry_timeout=240, backoff=0.25,
                              backoff_max=2.0)
     t.join(180)
     if not spare_server.running():
