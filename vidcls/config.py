@@ -242,7 +242,7 @@ class VidclsConfig:
             num_models=2,
             temporal=TemporalConfig(feature_dim=BACKBONE_DIMS["tiny"], hidden_dim=64,
                                     num_lstm_layers=1, num_attention_heads=4, dropout=0.2),
-            train=TrainConfig(batch_size=16, epochs=40, patience=12, cosine_t0=10),
+            train=TrainConfig(batch_size=16, epochs=30, patience=8, cosine_t0=10),
         )
         base.update(overrides)
         return cls(backbone="tiny", **base)
