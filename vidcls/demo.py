@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     _done(t, timings, "extract")
 
     t = _step("3/6 train the temporal-model ensemble (resumes if interrupted)")
-    train_args = ["train", feats, ckpts]
+    # One torch thread: the demo's small models gain nothing from intra-op threads on 2 cores.
+    train_args = ["train", feats, ckpts, "--threads", "1"]
     if args.models:
         train_args += ["--models", args.models]
     if args.epochs:
