@@ -33,7 +33,7 @@ from typing import Sequence
 
 from vidcls.config import VidclsConfig
 from vidcls.training.extract import (SPLITS, VideoItem, extract_videos, list_videos, merge_shards,
-                                     resolve_config)
+                                     report, resolve_config)
 from vidcls.training.features_h5 import split_path
 
 
@@ -204,12 +204,5 @@ def run_ray(args: argparse.Namespace) -> int:
                                   shards=args.shards, cpus_per_worker=args.cpus_per_worker,
                                   address=args.ray_address, keep_shards=not args.drop_shards,
                                   progress=not args.no_progress)
-    total_errors = 0
-    for summary in results.values():
-        print(summary.line())
-        for err in summary.errors:
-            print(f"  unreadable: {err['video_id']}: {err['error']}")
-        total_errors += len(summary.errors)
-    if total_errors:
-        print(f"{total_errors} unreadable file(s) skipped; see {args.out}/*_errors.jsonl")
+    report(list(results.values()), args.out)
     return 0

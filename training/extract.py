@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
     backbone = build_backbone(config, weights).to(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    total_errors = 0
+    summaries = []
     for split in args.splits:
         items = list_videos(args.data, split, config.classes)
         if not items:
@@ -264,10 +264,18 @@ def run(args: argparse.Namespace) -> int:
         summary = extract_videos(items, out, config, backbone, weights, args.device,
                                  errors_path=args.out / f"{split}_errors.jsonl",
                                  progress=not args.no_progress, verbose=args.verbose)
+        summaries.append(summary)
+    report(summaries, args.out)
+    return 0
+
+
+def report(summaries: Sequence[ExtractSummary], out: Path) -> None:
+    """One line per split, then every unreadable file (shared by the local and Ray runs)."""
+    total_errors = 0
+    for summary in summaries:
         print(summary.line())
         for err in summary.errors:
             print(f"  unreadable: {err['video_id']}: {err['error']}")
         total_errors += len(summary.errors)
     if total_errors:
-        print(f"{total_errors} unreadable file(s) skipped; see {args.out}/*_errors.jsonl")
-    return 0
+        print(f"{total_errors} unreadable file(s) skipped; see {out}/*_errors.jsonl")
