@@ -19,7 +19,7 @@ from vidcls.config import VidclsConfig
 from vidcls.export.wiring import LABELS_FILE, Model, Tensor
 from vidcls.serving.base import CONFIG_FILENAME, CONFIG_PARAMETER
 
-MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "dali": "model.dali", "python": "model.py"}
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "dali": "dali.py", "python": "model.py"}
 PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx"), "tensorrt": ("platform", "tensorrt_plan"),
              "dali": ("backend", "dali"), "python": ("backend", "python"), "ensemble": ("platform", "ensemble")}
 
@@ -83,7 +83,9 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     s = config.serving
     key, value = PLATFORMS[model.kind]
     d: dict = {"name": model.name, key: value, "max_batch_size": model.max_batch_size}
-    if model.kind in ("onnxruntime", "tensorrt", "dali"):
+    # DALI: no file name, the version folder holds dali.py, which the DALI backend serializes
+    # itself at load time when there is no model.dali (autoserialization).
+    if model.kind in ("onnxruntime", "tensorrt"):
         d["default_model_filename"] = MODEL_FILES[model.kind]
     d["input"] = [_tensor(t, True) for t in model.inputs]
     d["output"] = [_tensor(t, False) for t in model.outputs]

@@ -5,7 +5,7 @@ Layout (``config.serving`` names; T, S, D, C from the config)::
     REPO/vidcls_config.json           the VidclsConfig every python model reads
     REPO/vidcls/config.pbtxt          the ensemble (+ labels.txt, empty version folder 1/)
     REPO/video_probe/1/model.py       python shims: `from vidcls.serving.X import Y as TritonPythonModel`
-    REPO/video_decode/1/model.py | model.dali
+    REPO/video_decode/1/model.py | dali.py (DALI backend autoserialization)
     REPO/backbone/1/model.py + model.onnx (cpu) | model.onnx (gpu, onnxruntime) | model.plan (tensorrt)
     REPO/temporal_views/1/model.py
     REPO/temporal_<i>/1/...           like the backbone, one per checkpoint
@@ -108,7 +108,7 @@ def _write_model(repo: Path, spec: Model, config: VidclsConfig, target: str, com
     if spec.kind == "python":
         (version / MODEL_FILES["python"]).write_text(shim_text(spec, command))
     elif spec.kind == "dali":
-        _write_dali(version / MODEL_FILES["dali"], config, spec.max_batch_size)
+        _write_dali(version / MODEL_FILES["dali"], config, spec.max_batch_size, command)
     has_files = any(p.name != KEEP_FILE for p in version.iterdir())
     keep = version / KEEP_FILE
     if has_files:
@@ -117,10 +117,12 @@ def _write_model(repo: Path, spec: Model, config: VidclsConfig, target: str, com
         keep.write_text("")
 
 
-def _write_dali(path: Path, config: VidclsConfig, batch_size: int) -> None:
-    from vidcls.export.dali_pipeline import serialize_pipeline
+def _write_dali(path: Path, config: VidclsConfig, batch_size: int, command: str) -> None:
+    from vidcls.export.dali_pipeline import write_autoserialize
 
-    serialize_pipeline(config, path, batch_size)
+    # A model.dali left by an earlier export would take precedence over dali.py in the backend.
+    (path.parent / "model.dali").unlink(missing_ok=True)
+    write_autoserialize(config, path, batch_size, command=command)
 
 
 def _write_weights(repo, specs, config, target, backbone, models, verbose) -> None:
@@ -232,7 +234,7 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
         elif cfg.platform == "ensemble":
             needed = []
         elif cfg.backend == "dali":
-            needed = [cfg.default_model_filename or "model.dali"]
+            needed = [cfg.default_model_filename or MODEL_FILES["dali"]]
         else:
             needed = [cfg.default_model_filename] if require_weights else []
         missing += [f"{name}/{VERSION}/{f}" for f in needed if not (version / f).exists()]

@@ -122,3 +122,28 @@ def test_serialized_pipeline_loads_and_runs(tiny_config, vp9_clips, tmp_path):
     (direct,) = run_pipeline(build_pipeline(tiny_config, "cpu", batch_size=1), tiny_config,
                              [path.read_bytes()], [idx])
     np.testing.assert_array_equal(loaded, direct)
+
+
+def test_autoserialize_file_builds_on_cpu_and_matches(tiny_config, vp9_clips, tmp_path):
+    """The repository's dali.py (Triton's DALI backend autoserializes it at load time) defines
+    exactly one @autoserialize pipeline; built on the CPU it gives the frames of build_pipeline."""
+    import importlib.util
+
+    from nvidia.dali._utils.autoserialize import _discover_autoserialize
+
+    from vidcls.export.dali_pipeline import write_autoserialize
+
+    path = write_autoserialize(tiny_config, tmp_path / "1" / "dali.py", batch_size=1)
+    spec = importlib.util.spec_from_file_location("vidcls_dali_autoserialize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (fn,) = _discover_autoserialize(module, visited=[])
+    # The backend calls it with its defaults (NVDEC); here the same definition on the CPU.
+    pipe = fn(device="cpu", device_id=None, batch_size=1)
+    pipe.build()
+    name, clip, n = vp9_clips[0]
+    idx = sample_indices(n, tiny_config.num_frames)
+    (got,) = run_pipeline(pipe, tiny_config, [clip.read_bytes()], [idx])
+    (want,) = run_pipeline(build_pipeline(tiny_config, "cpu", batch_size=1), tiny_config,
+                           [clip.read_bytes()], [idx])
+    np.testing.assert_array_equal(got, want)

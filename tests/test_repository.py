@@ -54,7 +54,9 @@ def test_gpu_configs_parse_and_wire(tmp_path, decode, backend):
         assert configs[name].model_warmup, "the networks warm up at their served shapes"
     assert configs[s.decode].backend == ("dali" if decode == "dali" else "python")
     if decode == "dali":
-        assert (repo / s.decode / "1" / "model.dali").stat().st_size > 0
+        # autoserialization: the DALI backend serializes dali.py itself at load time
+        assert "@autoserialize" in (repo / s.decode / "1" / "dali.py").read_text()
+        assert not (repo / s.decode / "1" / "model.dali").exists()
     for name in (s.probe, s.views, s.average):
         assert [g.kind for g in configs[name].instance_group] == [KIND_CPU]
         assert configs[name].instance_group[0].count >= 2
@@ -160,7 +162,7 @@ def test_gpu_repository_with_weights(tmp_path, tiny_checkpoints, cpu_repository,
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
     for name in serving_config.temporal_model_names():
         assert (repo / name / "1" / "model.onnx").exists()
-    assert (repo / s.decode / "1" / "model.dali").exists()
+    assert (repo / s.decode / "1" / "dali.py").exists()
 
 
 def test_tensorrt_export_needs_tensorrt(tmp_path, tiny_checkpoints):
