@@ -134,8 +134,20 @@ class ServingConfig:
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
     gpu_decode_instances: int = 4
-    # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default).
+    # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default, one
+    # per physical core). The per-role fields below override it when non-zero.
     ort_intra_op_threads: int = 0
+    # The backbone (convolutions over 64+ frames) scales with cores: ORT default, all of them.
+    backbone_threads: int = 0
+    # The four temporal models run in four python-backend processes at the same time; their
+    # BiLSTMs are chains of small matrix products that gain little from a second thread, so one
+    # thread each lets them run side by side instead of four pools fighting over the cores
+    # (issue 7 measurements: benchmarks/bench_pipeline.py).
+    temporal_threads: int = 1
+    # ONNX Runtime's idle intra-op threads spin-wait by default: with the backbone, four temporal
+    # sessions and the decoder in separate processes on few cores, spinning pools burn the cores
+    # the busy one needs (a 64-frame backbone run took 2.6x its standalone time inside Triton).
+    ort_spinning: bool = False
     # TensorRT / ORT-TRT: workspace sized for a 10 GB A100 MIG slice.
     trt_workspace_bytes: int = 2 * 1024 ** 3
 

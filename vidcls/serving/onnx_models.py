@@ -14,17 +14,30 @@ from vidcls.serving.base import BatchedModel, chunked_run
 MODEL_FILE = "model.onnx"
 
 
+def session_threads(config, role: str) -> int:
+    """intra-op threads of ``role``'s ('backbone' | 'temporal') session: the per-role setting,
+    else ``ort_intra_op_threads`` (0 = ONNX Runtime's default, one per physical core)."""
+    s = config.serving
+    own = s.backbone_threads if role == "backbone" else s.temporal_threads
+    return int(own or s.ort_intra_op_threads)
+
+
 class _OnnxModel(BatchedModel):
+    role = ""
+
     def setup(self) -> None:
         from vidcls.ort import make_session
 
         self.session = make_session(self.version_dir / MODEL_FILE,
-                                    intra_op_threads=self.config.serving.ort_intra_op_threads)
+                                    intra_op_threads=session_threads(self.config, self.role),
+                                    spinning=self.config.serving.ort_spinning)
         self.session_input = self.session.get_inputs()[0].name
 
 
 class BackboneModel(_OnnxModel):
     """FRAMES UINT8 [T, S, S, 3] → FEATURES FP32 [T, D]: every request's frames in one chunked run."""
+
+    role = "backbone"
 
     def setup(self) -> None:
         super().setup()
@@ -46,6 +59,8 @@ class BackboneModel(_OnnxModel):
 
 class TemporalModel(_OnnxModel):
     """SEQUENCE FP32 [L, D] → PROBS FP32 [C]; requests of equal length run as one batch."""
+
+    role = "temporal"
 
     def setup(self) -> None:
         super().setup()
