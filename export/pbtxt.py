@@ -69,13 +69,19 @@ def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
 
 
 def _ort_accelerators(config: VidclsConfig, role: str) -> dict:
-    """onnxruntime backend on GPU: the TensorRT execution accelerator settings of
-    vidcls.export.tensorrt (FP16, workspace and profiles from the config)."""
-    from vidcls.export.tensorrt import ort_gpu_accelerators
+    """onnxruntime backend on GPU: the role's accelerator (config.serving.gpu_<role>_accelerator):
+    the TensorRT EP settings of vidcls.export.tensorrt (FP16, workspace and profiles from the
+    config) or the CUDA EP's."""
+    from vidcls.export.tensorrt import ort_cuda_accelerator, ort_gpu_accelerators
 
+    s = config.serving
+    choice = s.gpu_backbone_accelerator if role == "backbone" else s.gpu_temporal_accelerator
+    if choice not in ("tensorrt", "cuda"):
+        raise ValueError(f"gpu_{role}_accelerator must be 'tensorrt' or 'cuda', got {choice!r}")
+    accelerators = ort_gpu_accelerators(config, role) if choice == "tensorrt" else ort_cuda_accelerator()
     return {"execution_accelerators": {"gpu_execution_accelerator": [
         {"name": name, "parameters": [{"key": k, "value": v} for k, v in params.items()]}
-        for name, params in ort_gpu_accelerators(config, role)]}}
+        for name, params in accelerators]}}
 
 
 def model_config(model: Model, config: VidclsConfig, target: str) -> dict:

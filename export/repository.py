@@ -35,10 +35,13 @@ KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git
 PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
 
-def export_command(target: str, decode: str, backend: str, configs_only: bool) -> str:
+def export_command(target: str, decode: str, backend: str, configs_only: bool,
+                   temporal_backend: str | None = None) -> str:
     parts = ["vidcls export"] + (["--configs-only"] if configs_only else []) + [f"--target {target}"]
     if target == "gpu":
         parts += [f"--decode {decode}", f"--backend {backend}"]
+        if temporal_backend:
+            parts += [f"--temporal-backend {temporal_backend}"]
     return " ".join(parts)
 
 
@@ -52,7 +55,8 @@ def shim_text(model: Model, command: str) -> str:
 def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo: str | Path,
                      target: str = "gpu", decode: str | None = None, backend: str = "onnxruntime",
                      backbone_weights: str | None = None, configs_only: bool = False,
-                     config: VidclsConfig | None = None, verbose: bool = False) -> Path:
+                     config: VidclsConfig | None = None, verbose: bool = False,
+                     temporal_backend: str | None = None) -> Path:
     """Write the repository for ``target`` into ``repo``; returns ``repo``.
 
     ``checkpoints``: checkpoint folder(s) (vidcls.checkpoint); their config is the repository's
@@ -75,8 +79,10 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         config = (config or ck_config).replace(num_models=len(models))
         weights = backbone_weights or metas[0].get("backbone_weights", "none")
         backbone = build_backbone(config, weights)
-    specs = pipeline(config, target, decode, backend)  # validates target/decode/backend
-    command = export_command(target, decode, backend, configs_only)
+    # gpu: the temporal models' backend defaults to config.serving.gpu_temporal_backend
+    temporal_backend = temporal_backend or config.serving.gpu_temporal_backend
+    specs = pipeline(config, target, decode, backend, temporal_backend)  # validates the choices
+    command = export_command(target, decode, backend, configs_only, temporal_backend)
 
     repo.mkdir(parents=True, exist_ok=True)
     _remove_stale_models(repo, {m.name for m in specs})
@@ -251,7 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", choices=DECODERS, default=None,
                         help="gpu target: dali (NVDEC) or cpu (PyAV; MIG slices without NVDEC). Default: dali on gpu")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                        help="gpu target: Triton backend for the backbone and temporal models")
+                        help="gpu target: Triton backend for the backbone")
+    parser.add_argument("--temporal-backend", choices=BACKENDS, default=None,
+                        help="gpu target: Triton backend for the temporal (BiLSTM) models "
+                             "(default: config.serving.gpu_temporal_backend, onnxruntime = CUDA EP)")
     parser.add_argument("--backbone-weights", default=None,
                         help="none | imagenet | PATH (default: the checkpoints' backbone_weights)")
     parser.add_argument("--configs-only", action="store_true",
@@ -276,6 +285,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
     build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
                      backbone_weights=args.backbone_weights, configs_only=args.configs_only,
-                     config=config, verbose=args.verbose)
+                     config=config, verbose=args.verbose, temporal_backend=args.temporal_backend)
     print(f"wrote {args.target} repository {repo}")
     return 0

@@ -64,12 +64,13 @@ LABELS_FILE = "labels.txt"
 
 
 def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = None,
-             backend: str = "onnxruntime") -> list[Model]:
+             backend: str = "onnxruntime", temporal_backend: str | None = None) -> list[Model]:
     """Every model of the repository, the ensemble last.
 
     ``target`` cpu runs everything in the python backend (ONNX Runtime on the CPU inside it);
-    gpu decodes with DALI (or ``decode='cpu'``: PyAV in the python backend) and runs the networks
-    with Triton's ``backend`` (onnxruntime with CUDA/TensorRT accelerators, or tensorrt plans).
+    gpu decodes with DALI (or ``decode='cpu'``: PyAV in the python backend) and runs the backbone
+    with Triton's ``backend`` (onnxruntime with CUDA/TensorRT accelerators, or a tensorrt plan) and
+    the temporal models with ``temporal_backend`` (default ``config.serving.gpu_temporal_backend``).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -78,10 +79,13 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
         raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
     if target == "cpu" and decode == "dali":
         raise ValueError("the cpu target decodes with PyAV (DALI's CPU decoder reads no H.264)")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    temporal_backend = temporal_backend or config.serving.gpu_temporal_backend
+    for name, value in (("backend", backend), ("temporal_backend", temporal_backend)):
+        if value not in BACKENDS:
+            raise ValueError(f"{name} must be one of {BACKENDS}, got {value!r}")
     s, T, S, D, C = config.serving, config.num_frames, config.frame_size, config.feature_dim, config.num_classes
     net_kind = "python" if target == "cpu" else backend
+    temporal_kind = "python" if target == "cpu" else temporal_backend
 
     video = Tensor(s.video, "TYPE_UINT8", (-1,), ragged=True)
     indices = Tensor(s.frame_indices, "TYPE_INT32", (T,))
@@ -102,7 +106,7 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
               (video, indices), (frames,)),
         Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames,), (features,)),
         Model(s.views, "views", "python", s.views_batch, (features,), views),
-        *[Model(name, "temporal", net_kind, s.temporal_batch, (sequence,), (probs,))
+        *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs,))
           for name in config.temporal_model_names()],
         Model(s.average, "average", "python", s.average_batch, avg_inputs, (probabilities, class_name)),
     ]

@@ -47,9 +47,12 @@ def test_gpu_configs_parse_and_wire(tmp_path, decode, backend):
     s = config.serving
     assert set(configs) == {s.ensemble, s.probe, s.decode, s.backbone, s.views, s.average,
                             *config.temporal_model_names()}
-    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[backend]
+    platforms = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+    # The temporal (BiLSTM) models take their own backend (default: ORT with the CUDA EP).
+    assert configs[s.backbone].platform == platforms[backend]
     for name in [s.backbone, *config.temporal_model_names()]:
-        assert configs[name].platform == platform
+        if name != s.backbone:
+            assert configs[name].platform == platforms[s.gpu_temporal_backend]
         assert [g.kind for g in configs[name].instance_group] == [KIND_GPU]
         assert configs[name].model_warmup, "the networks warm up at their served shapes"
     assert configs[s.decode].backend == ("dali" if decode == "dali" else "python")
@@ -193,3 +196,28 @@ def test_cli_configs_only(tmp_path):
     configs = validate_repository(tmp_path / "r", require_weights=False)
     assert configs[VidclsConfig.tiny().serving.backbone].backend == "python"
     assert main(["export", "--configs-only", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+
+
+def test_gpu_temporal_backend_choice(tmp_path):
+    """TensorRT plans or ONNX Runtime (CUDA EP, or ORT's TensorRT EP) for the BiLSTM models."""
+    import dataclasses
+
+    config = VidclsConfig()
+    s = config.serving
+    repo = build_repository(None, tmp_path / "trt", target="gpu", backend="tensorrt",
+                            temporal_backend="tensorrt", configs_only=True)
+    configs = validate_repository(repo, require_weights=False)
+    assert {configs[n].platform for n in config.temporal_model_names()} == {"tensorrt_plan"}
+    repo = build_repository(None, tmp_path / "cuda", target="gpu", backend="tensorrt", configs_only=True)
+    configs = validate_repository(repo, require_weights=False)
+    assert configs[s.backbone].platform == "tensorrt_plan"
+    temporal = configs[config.temporal_model_names()[0]]
+    assert temporal.platform == "onnxruntime_onnx"
+    assert [a.name for a in temporal.optimization.execution_accelerators.gpu_execution_accelerator] == ["cuda"]
+    ort_trt = config.replace(serving=dataclasses.replace(s, gpu_temporal_accelerator="tensorrt"))
+    repo = build_repository(None, tmp_path / "ort_trt", target="gpu", configs_only=True, config=ort_trt)
+    configs = validate_repository(repo, require_weights=False)
+    accel = configs[config.temporal_model_names()[0]].optimization.execution_accelerators
+    assert [a.name for a in accel.gpu_execution_accelerator] == ["tensorrt"]
+    with pytest.raises(ValueError, match="temporal_backend"):
+        build_repository(None, tmp_path / "bad", target="gpu", temporal_backend="tflite", configs_only=True)

@@ -148,6 +148,15 @@ class ServingConfig:
     # sessions and the decoder in separate processes on few cores, spinning pools burn the cores
     # the busy one needs (a 64-frame backbone run took 2.6x its standalone time inside Triton).
     ort_spinning: bool = False
+    # gpu target, temporal (BiLSTM) models: "onnxruntime" (Triton's onnxruntime backend; cuDNN's
+    # LSTM through the CUDA EP) or "tensorrt" (an FP16 plan). TensorRT has known slow and wrong
+    # BiLSTM cases, so ORT CUDA is the default until benchmarks/gpu_bench.py has measured both on
+    # the serving GPU (it times both and checks each against ONNX Runtime CPU FP32).
+    gpu_temporal_backend: str = "onnxruntime"
+    # The onnxruntime backend's GPU accelerator per role: "tensorrt" (ORT's TensorRT EP, FP16,
+    # engine cache) or "cuda" (the CUDA EP alone).
+    gpu_backbone_accelerator: str = "tensorrt"
+    gpu_temporal_accelerator: str = "cuda"
     # TensorRT / ORT-TRT: workspace sized for a 10 GB A100 MIG slice.
     trt_workspace_bytes: int = 2 * 1024 ** 3
 
