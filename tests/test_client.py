@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 
 from vidcls.cli import main as cli_main
-from vidcls.client.classify import ClassifyOptions, classify_paths
+from vidcls.client.classify import classify_paths
 from vidcls.client.fleet import Endpoint, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.results import ResultWriter, fieldnames, load_done
