@@ -46,7 +46,8 @@ def _tensor(t: Tensor, is_input: bool) -> dict:
 def _instances(model: Model, config: VidclsConfig, target: str) -> list[dict]:
     s = config.serving
     if target == "cpu":
-        return [{"count": s.cpu_instances, "kind": _Enum("KIND_CPU")}]
+        count = (s.cpu_backbone_instances or s.cpu_instances) if model.role == "backbone" else s.cpu_instances
+        return [{"count": count, "kind": _Enum("KIND_CPU")}]
     if model.kind in ("onnxruntime", "tensorrt", "dali"):
         return [{"count": s.gpu_model_instances, "kind": _Enum("KIND_GPU")}]
     count = s.gpu_decode_instances if model.role == "decode" else s.gpu_python_instances

@@ -33,4 +33,5 @@ class DecodeModel(BatchedModel):
             ]
         except Exception as exc:  # noqa: BLE001
             return exc
-        return {self.output: np.stack(frames)}
+        # One video per request is the usual case: add the batch axis as a view, not a copy.
+        return {self.output: frames[0][None] if len(frames) == 1 else np.stack(frames)}
