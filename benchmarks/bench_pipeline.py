@@ -539,6 +539,12 @@ def markdown(report: dict) -> str:
         ratio = f"**{v['best']['videos_per_s'] / ref['videos_per_s']:.2f}x**" if ref else "-"
         lines.append(f"| {v['variant']} | {v['best']['concurrency']} | {v['best']['videos_per_s']:.4f} | {r} | "
                      f"{ratio} | {100 * v['backbone_ratio_isolated']:.0f}% |")
+    if ref:
+        lines += ["", "Arithmetic ceiling of the ratio on this machine: the reference's seconds per video over the "
+                  "served backbone's alone (64 frames at the standalone frames/s times the backbone instances), "
+                  "i.e. the ratio if decode and the temporal models cost nothing: "
+                  + ", ".join(f"`{v['variant']}` {v['ceiling_ratio_backbone_only']:.1f}x" for v in report["variants"])
+                  + "."]
     if report.get("parity"):
         lines += ["", f"Cross-check: max |Triton - reference| probability over the videos: "
                   f"{report['parity']:.2e} (the reference runs the backbone per scale in PyTorch, Triton once "
@@ -600,6 +606,12 @@ def main(argv=None) -> int:
     configure_repository(config, repo)  # leave the cache with the default settings
 
     if "reference" in report:
+        ref_s = report["reference"]["seconds"] / report["reference"]["videos"]
+        for v in report["variants"]:
+            sv = v["serving"]
+            instances = sv["cpu_backbone_instances"] or sv["cpu_instances"]
+            backbone_s = config.num_frames / (v["backbone_standalone"]["frames_per_s"] * instances)
+            v["ceiling_ratio_backbone_only"] = ref_s / backbone_s
         diffs = [float(np.abs(v["sweep"][0]["probabilities"][k] - p).max())
                  for v in report["variants"] for k, p in report["reference"]["probabilities"].items()
                  if k in v["sweep"][0]["probabilities"]]

@@ -83,3 +83,16 @@ def test_bench_load_accounting(bench_pipeline):
     r = meter.result
     assert r["wall_s"] > 0 and 0 <= r["own_cpu_share"] <= 1.5 and r["other_cpu_share"] >= 0
     assert bench_pipeline.stub_cpu_s(None, ["backbone"]) == {"backbone": 0.0}
+
+
+def test_gpu_bench_imports_and_parses_variants(bench_pipeline, monkeypatch):
+    """benchmarks/gpu_bench.py runs only on a GPU machine; its settings parsing is checked here."""
+    import gpu_bench
+
+    base = VidclsConfig()
+    assert gpu_bench.variant("default", base)[1] == base
+    name, cfg = gpu_bench.variant("gpu_model_instances=2,max_queue_delay_us=500", base)
+    assert (cfg.serving.gpu_model_instances, cfg.serving.max_queue_delay_us) == (2, 500)
+    with pytest.raises(SystemExit):
+        gpu_bench.variant("nope=1", base)
+    sys.modules.pop("gpu_bench", None)
