@@ -235,7 +235,8 @@ def variant_config(spec: str) -> tuple[str, VidclsConfig]:
 
 
 # ---- (a) the reference approach -----------------------------------------------------------------------
-def run_reference(config: VidclsConfig, checkpoints: Path, videos: list[Path], threads: int) -> dict:
+def run_reference(config: VidclsConfig, checkpoints: Path, videos: list[Path], threads: int,
+                  flush_denormals: bool = True) -> dict:
     import torch
 
     from vidcls.checkpoint import load_ensemble
@@ -244,6 +245,11 @@ def run_reference(config: VidclsConfig, checkpoints: Path, videos: list[Path], t
     from vidcls.video import load_frames
 
     torch.set_num_threads(threads)
+    # Random-init EfficientNetV2-S activations underflow into denormals, which made PyTorch ~2x
+    # slower in benchmarks/bench_extract.py; trained weights do not produce them. Flushed by default
+    # so the reference is not handicapped by our random weights (ONNX Runtime showed no such effect:
+    # session.set_denormal_as_zero changed nothing measurable).
+    torch.set_flush_denormal(flush_denormals)
     backbone = build_backbone(config, "none")  # seed 0: the weights the repository was exported with
     models, _, _ = load_ensemble(checkpoints)
     T, L = config.num_frames, config.seq_len
@@ -276,7 +282,9 @@ def run_reference(config: VidclsConfig, checkpoints: Path, videos: list[Path], t
             print(f"  reference {path.name}: {t3 - t0:.1f} s (decode {t1 - t0:.2f}, backbone {t2 - t1:.1f}, "
                   f"temporal {t3 - t2:.2f})", flush=True)
     total = sum(r["total_s"] for r in rows)
+    torch.set_flush_denormal(False)
     return {"videos": len(rows), "seconds": total, "videos_per_s": len(rows) / total, "per_video": rows,
+            "denormals_flushed": flush_denormals,
             "stage_s_per_video": {k: statistics.mean(r[f"{k}_s"] for r in rows)
                                   for k in ("decode", "backbone", "temporal")},
             "torch_threads": threads, "probabilities": probs}
@@ -497,7 +505,7 @@ def markdown(report: dict) -> str:
                   "16 temporal runs of batch 1)", "",
                   f"{ref['videos_per_s']:.4f} videos/s ({ref['seconds'] / ref['videos']:.1f} s per video; decode "
                   f"{st['decode']:.2f} s, backbone {st['backbone']:.1f} s, temporal {st['temporal']:.2f} s); "
-                  f"torch threads {ref['torch_threads']}; load before {ref['conditions']['load1_before']:.2f}, other "
+                  f"torch threads {ref['torch_threads']}, denormals {'flushed' if ref['denormals_flushed'] else 'kept'}; load before {ref['conditions']['load1_before']:.2f}, other "
                   f"processes {100 * ref['conditions']['other_cpu_share']:.0f}% of the machine.", ""]
     for v in report["variants"]:
         lines += [f"## (b) Triton cpu pipeline, variant `{v['variant']}`", ""]
@@ -566,6 +574,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="only the Triton variants")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the reference")
     parser.add_argument("--backbone-reps", type=int, default=None, help="64-frame runs per backbone measurement (3; quick 2)")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="reference: do not flush denormals (random weights then run slower than trained ones)")
     parser.add_argument("--quick", action="store_true", help="4 videos, reference on 3, concurrency 1 2")
     parser.add_argument("--load-threshold", type=float, default=1.5)
     parser.add_argument("--max-wait", type=float, default=180.0, help="seconds to wait for the load to drop per phase")
@@ -595,7 +605,7 @@ def main(argv=None) -> int:
         print(f"(a) reference approach on {n_ref} videos", flush=True)
         wait_for_quiet(*quiet)
         with LoadMeter() as meter:
-            ref = run_reference(config, checkpoints, videos[:n_ref], args.threads)
+            ref = run_reference(config, checkpoints, videos[:n_ref], args.threads, not args.keep_denormals)
         ref["conditions"] = meter.result
         report["reference"] = ref
         print(f"  reference: {ref['videos_per_s']:.4f} videos/s", flush=True)

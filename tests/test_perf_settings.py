@@ -21,12 +21,14 @@ def _serving(**changes) -> VidclsConfig:
     return base.replace(serving=dataclasses.replace(base.serving, **changes))
 
 
-def test_backbone_threads_split_the_cores_among_its_instances():
+def test_backbone_threads():
     cores = usable_cores()
     config = _serving(backbone_threads=0, ort_intra_op_threads=0)
     assert session_threads(config, "backbone", 1) == cores
-    assert session_threads(config, "backbone", 2) == max(1, cores // 2)
-    assert session_threads(config, "backbone", 10 * cores) == 1
+    assert session_threads(config, "backbone", 2) == cores  # each instance may use every core
+    split = _serving(backbone_threads=-1)
+    assert session_threads(split, "backbone", 2) == max(1, cores // 2)
+    assert session_threads(split, "backbone", 10 * cores) == 1
     assert session_threads(_serving(backbone_threads=3), "backbone", 2) == 3
     assert session_threads(_serving(backbone_threads=0, ort_intra_op_threads=5), "backbone", 2) == 5
 

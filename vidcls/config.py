@@ -131,10 +131,11 @@ class ServingConfig:
     # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
     # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
     cpu_instances: int = 1
-    # cpu target, backbone instances (0 = cpu_instances). Two instances with the cores split
-    # between them (backbone_threads 0) run two videos' frames side by side: on 2 cores each is
-    # single-threaded, so no intra-op barrier waits while decode and the temporal models share
-    # the cores (bench_pipeline, issue 7: +50% videos/s over one 2-thread instance).
+    # cpu target, backbone instances (0 = cpu_instances). Two instances, each with all cores
+    # (backbone_threads 0, spinning off): one video alone gets every core, two videos in flight
+    # run side by side. bench_pipeline on 2 cores, same run: 0.169 videos/s at concurrency 4 like
+    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the settings
+    # before issue 7 (one instance, spinning pools): 0.136-0.145 (issue 7 report).
     cpu_backbone_instances: int = 2
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
@@ -142,8 +143,8 @@ class ServingConfig:
     # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default, one
     # per physical core). The per-role fields below override it when non-zero.
     ort_intra_op_threads: int = 0
-    # The backbone (convolutions over 64+ frames) scales with cores: 0 = the usable cores divided
-    # by the backbone's instance count (at least 1).
+    # The backbone (convolutions over 64+ frames) scales with cores: 0 = every usable core
+    # (per instance; -1 = the usable cores divided among the instances).
     backbone_threads: int = 0
     # The four temporal models run in four python-backend processes at the same time; their
     # BiLSTMs are chains of small matrix products that gain little from a second thread, so one

@@ -25,14 +25,16 @@ def usable_cores() -> int:
 
 def session_threads(config, role: str, instances: int = 1) -> int:
     """intra-op threads of ``role``'s ('backbone' | 'temporal') session: the per-role setting,
-    else ``ort_intra_op_threads``; for the backbone, 0 there too = the usable cores split among
-    its ``instances`` (so two instances on 2 cores are single-threaded); otherwise 0 = ONNX
-    Runtime's default (one per physical core)."""
+    else ``ort_intra_op_threads``. For the backbone 0 = every usable core (a container's cpuset,
+    which ONNX Runtime's own default does not read) and -1 = the usable cores split among its
+    ``instances``; otherwise 0 = ONNX Runtime's default (one per physical core)."""
     s = config.serving
-    own = int((s.backbone_threads if role == "backbone" else s.temporal_threads) or s.ort_intra_op_threads)
-    if own == 0 and role == "backbone":
-        own = max(1, usable_cores() // max(1, instances))
-    return own
+    if role == "backbone":
+        own = int(s.backbone_threads)
+        if own < 0:
+            return max(1, usable_cores() // max(1, instances))
+        return own or int(s.ort_intra_op_threads) or usable_cores()
+    return int(s.temporal_threads or s.ort_intra_op_threads)
 
 
 def instance_count(model_config: dict) -> int:
