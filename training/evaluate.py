@@ -95,7 +95,7 @@ def plot_confusion(cm, labels, title: str, path: Path) -> None:
                     color="white" if share[i, j] > 0.5 else "black", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keep the rotated y-label inside the image
     plt.close(fig)
 
 
