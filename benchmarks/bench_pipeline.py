@@ -35,7 +35,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import numpy as np
 from vidcls.config import VidclsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import make_checkpoints  # noqa: E402  (same checkpoints as bench_serving)
+from bench_serving import make_checkpoints, run_load  # noqa: E402  (same checkpoints and load loop)
 
 # Serving settings before issue 7 (what the code did: every session ORT defaults, spinning on).
 BEFORE = {"ort_intra_op_threads": 0, "backbone_threads": 0, "temporal_threads": 0, "ort_spinning": True,
@@ -291,52 +290,6 @@ def run_reference(config: VidclsConfig, checkpoints: Path, videos: list[Path], t
 
 
 # ---- (b) the Triton pipeline ------------------------------------------------------------------------
-def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int) -> dict:
-    """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker)."""
-    import tritonclient.grpc as grpcclient
-
-    s = config.serving
-    latencies, errors, probs = [], [], {}
-    lock = threading.Lock()
-    queue = iter(range(len(payloads)))
-
-    def worker():
-        with grpcclient.InferenceServerClient(url) as client:
-            while True:
-                with lock:
-                    i = next(queue, None)
-                if i is None:
-                    return
-                name, data = payloads[i]
-                inp = grpcclient.InferInput(s.video, list(data.shape), "UINT8")
-                inp.set_data_from_numpy(data)
-                t0 = time.perf_counter()
-                try:
-                    res = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(s.probabilities)],
-                                       client_timeout=900)
-                except Exception as exc:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(str(exc)[:300])
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    probs.setdefault(name, res.as_numpy(s.probabilities)[0])
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    return {"concurrency": concurrency, "videos": len(lat), "errors": errors, "wall_s": wall,
-            "videos_per_s": len(lat) / wall,
-            "p50_s": statistics.median(lat) if lat else float("nan"),
-            "p95_s": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan"),
-            "probabilities": probs}
-
-
 def stage_summary(config: VidclsConfig, steps, videos: int) -> dict:
     """Triton statistics of one window → compute seconds per video by stage, and per model."""
     s = config.serving
