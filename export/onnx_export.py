@@ -99,7 +99,7 @@ def export_temporal_onnx(model: SuperEnhancedTemporalModel, config: VidclsConfig
     def check_fn(tmp: Path):
         return parity.check_temporal(cpu_model, tmp, config)
 
-    return _write_checked(path, write, check_fn if check else None, verbose)
+    return parity.write_checked(path, write, check_fn if check else None, verbose)
 
 
 def export_backbone_onnx(backbone: FrameBackbone, config: VidclsConfig, path: str | os.PathLike,
@@ -122,7 +122,7 @@ def export_backbone_onnx(backbone: FrameBackbone, config: VidclsConfig, path: st
     def check_fn(tmp: Path):
         return parity.check_backbone(cpu_backbone, tmp, config)
 
-    return _write_checked(path, write, check_fn if check else None, verbose)
+    return parity.write_checked(path, write, check_fn if check else None, verbose)
 
 
 def _cpu_eval_copy(module: nn.Module) -> nn.Module:
@@ -144,23 +144,3 @@ def _torchscript_export(module: nn.Module, example: torch.Tensor, path: Path, in
     import onnx
 
     onnx.checker.check_model(str(path))
-
-
-def _write_checked(path: Path, write, check_fn, verbose: bool) -> Path:
-    """Write to a temporary name, check parity, then move into place: a failed check leaves nothing
-    at ``path`` that a model repository could pick up."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        if check_fn is not None:
-            report = check_fn(tmp)
-            report.name = str(path)  # the name it will have, not the temporary one
-            log.info("%s", report)
-            if verbose:
-                print(report)
-            report.raise_if_failed()
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

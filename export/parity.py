@@ -23,13 +23,17 @@ Tolerances (measured on this project's models, ONNX Runtime 1.32 CPU vs torch 2.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from vidcls.config import VidclsConfig
+
+log = logging.getLogger(__name__)
 
 PROBS_ATOL = 1e-5
 FEATURES_RTOL = 1e-4
@@ -191,3 +195,24 @@ def check_backbone(backbone, onnx_path, config: VidclsConfig, batches: Iterable[
     return _compare(f"backbone ({onnx_path})", "max |feat_onnx - feat_torch| / max |feat_torch|",
                     tolerance, shapes, make_input, torch_fn, _session(onnx_path, session),
                     config.serving.frames, lambda ref: max(float(np.max(np.abs(ref))), 1e-12))
+
+
+def write_checked(path, write, check_fn, verbose: bool = False):
+    """Write to a temporary name, check parity, then move into place: a failed check leaves nothing
+    at ``path`` that a model repository could pick up."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        if check_fn is not None:
+            report = check_fn(tmp)
+            report.name = str(path)  # the name it will have, not the temporary one
+            log.info("%s", report)
+            if verbose:
+                print(report)
+            report.raise_if_failed()
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

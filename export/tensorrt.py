@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 
 from vidcls.config import VidclsConfig
+from vidcls.export import parity
 
 log = logging.getLogger(__name__)
 
@@ -173,21 +174,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_name(f".{plan_path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(bytes(serialized))
-        if check:
-            report = check_engine(tmp, onnx_path, config, role)
-            report.name = str(plan_path)
-            log.info("%s", report)
-            if verbose:
-                print(report)
-            report.raise_if_failed()
-        tmp.replace(plan_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return plan_path
+    return parity.write_checked(
+        plan_path, lambda tmp: tmp.write_bytes(bytes(serialized)),
+        (lambda tmp: check_engine(tmp, onnx_path, config, role)) if check else None, verbose)
 
 
 class EngineRunner:
@@ -233,7 +222,6 @@ def _torch_dtype(torch, dtype, trt):
 
 def check_engine(plan_path, onnx_path, config: VidclsConfig, role: str, seed: int = 0):
     """Engine vs ONNX Runtime CPU at the profile's extremes and every served length → ParityReport."""
-    from vidcls.export import parity
     from vidcls.ort import make_session
 
     import onnx
