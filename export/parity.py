@@ -132,10 +132,10 @@ def _session(onnx_path, session):
     from vidcls.ort import make_session
 
     # Fatal-only logging: a failing shape is reported in the ParityReport, not as an ORT log line.
-    return make_session(onnx_path, intra_op_threads=_threads(), log_severity=4)
+    return make_session(onnx_path, intra_op_threads=parity_threads(), log_severity=4)
 
 
-def _threads() -> int:
+def parity_threads() -> int:
     # Parity runs beside other work on small machines: don't take every core by default.
     return int(os.environ.get("VIDCLS_PARITY_THREADS", "2"))
 

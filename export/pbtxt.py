@@ -94,6 +94,8 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     # itself at load time when there is no model.dali (autoserialization).
     if model.kind in ("onnxruntime", "tensorrt"):
         d["default_model_filename"] = MODEL_FILES[model.kind]
+        if model.kind == "onnxruntime" and model.role == "backbone":
+            d["default_model_filename"] = config.backbone_onnx_file  # model_int8.onnx when int8
     d["input"] = [_tensor(t, True) for t in model.inputs]
     d["output"] = [_tensor(t, False) for t in model.outputs]
     if model.kind == "ensemble":

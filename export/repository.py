@@ -20,6 +20,7 @@ wiring is checked before the command returns.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -56,13 +57,16 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
                      target: str = "gpu", decode: str | None = None, backend: str = "onnxruntime",
                      backbone_weights: str | None = None, configs_only: bool = False,
                      config: VidclsConfig | None = None, verbose: bool = False,
-                     temporal_backend: str | None = None) -> Path:
+                     temporal_backend: str | None = None,
+                     int8_calibration: Sequence[str | Path] | None = None) -> Path:
     """Write the repository for ``target`` into ``repo``; returns ``repo``.
 
     ``checkpoints``: checkpoint folder(s) (vidcls.checkpoint); their config is the repository's
     config and the number of checkpoints its number of temporal models. With ``configs_only`` no
     checkpoint is read and ``config`` (default: VidclsConfig()) is used. ``backbone_weights``
     overrides the checkpoints' ``backbone_weights`` meta ('none', 'imagenet' or a file).
+    ``int8_calibration``: videos (files or folders) to calibrate an INT8 backbone on
+    (:mod:`vidcls.export.quantize`); the repository then serves it (``backbone_precision`` int8).
     """
     decode = decode or ("dali" if target == "gpu" else "cpu")
     repo = Path(repo)
@@ -79,6 +83,10 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         config = (config or ck_config).replace(num_models=len(models))
         weights = backbone_weights or metas[0].get("backbone_weights", "none")
         backbone = build_backbone(config, weights)
+    if int8_calibration:
+        config = config.replace(serving=dataclasses.replace(config.serving, backbone_precision="int8"))
+    if config.serving.backbone_precision == "int8" and not configs_only and not int8_calibration:
+        raise ValueError("an int8 backbone needs calibration videos (--int8-calibration)")
     # gpu: the temporal models' backend defaults to config.serving.gpu_temporal_backend
     temporal_backend = temporal_backend or config.serving.gpu_temporal_backend
     specs = pipeline(config, target, decode, backend, temporal_backend)  # validates the choices
@@ -91,7 +99,7 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         _write_model(repo, spec, config, target, command)
 
     if not configs_only:
-        _write_weights(repo, specs, config, target, backbone, models, verbose)
+        _write_weights(repo, specs, config, target, backbone, models, verbose, int8_calibration)
     validate_repository(repo, require_weights=not configs_only)
     return repo
 
@@ -131,7 +139,7 @@ def _write_dali(path: Path, config: VidclsConfig, batch_size: int, command: str)
     write_autoserialize(config, path, batch_size, command=command)
 
 
-def _write_weights(repo, specs, config, target, backbone, models, verbose) -> None:
+def _write_weights(repo, specs, config, target, backbone, models, verbose, int8_calibration=None) -> None:
     from vidcls.export.onnx_export import export_backbone_onnx, export_temporal_onnx
 
     by_role = {}
@@ -139,17 +147,26 @@ def _write_weights(repo, specs, config, target, backbone, models, verbose) -> No
         by_role.setdefault(spec.role, []).append(spec)
     bb = by_role["backbone"][0]
     bb_dir = repo / bb.name / VERSION
+    int8 = config.serving.backbone_precision == "int8"
     if bb.kind == "python":  # cpu: the python model feeds ONNX Runtime [N, S, S, 3] frames directly
         export_backbone_onnx(backbone, config, bb_dir / "model.onnx", verbose=verbose)
+        if int8:
+            _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration, verbose)
     else:  # Triton's own backends see the request's batch axis: [B, T, S, S, 3] → [B, T, D]
-        flat = bb_dir / ".frames.onnx"
+        flat, flat_int8 = bb_dir / ".frames.onnx", bb_dir / ".frames_int8.onnx"
         export_backbone_onnx(backbone, config, flat, verbose=verbose)
         try:
             add_video_axis(flat, bb_dir / "model.onnx", config)
+            if int8:  # quantized (and checked) as the frames graph, like the cpu target's
+                _quantize(flat, flat_int8, config, int8_calibration, verbose)
+                add_video_axis(flat_int8, bb_dir / config.backbone_onnx_file, config)
         finally:
             flat.unlink(missing_ok=True)
+            flat_int8.unlink(missing_ok=True)
         if bb.kind == "tensorrt":
-            _build_plan(bb_dir / "model.onnx", bb_dir / MODEL_FILES["tensorrt"], config, "backbone")
+            _build_plan(bb_dir / config.backbone_onnx_file, bb_dir / MODEL_FILES["tensorrt"], config, "backbone",
+                        int8=int8)
+            (bb_dir / "model.onnx").unlink(missing_ok=True)  # int8: the FP32 graph it came from
     for spec, model in zip(by_role["temporal"], models):
         out = repo / spec.name / VERSION / "model.onnx"
         export_temporal_onnx(model, config, out, verbose=verbose)
@@ -159,11 +176,21 @@ def _write_weights(repo, specs, config, target, backbone, models, verbose) -> No
         (repo / spec.name / VERSION / KEEP_FILE).unlink(missing_ok=True)
 
 
-def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: str) -> None:
+def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: str, int8: bool = False) -> None:
     from vidcls.export import tensorrt
 
-    tensorrt.build_engine(onnx_path, plan_path, config, role)
+    tensorrt.build_engine(onnx_path, plan_path, config, role, int8=int8)
     onnx_path.unlink()  # the plan is what tensorrt_plan serves
+
+
+def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose: bool) -> None:
+    from vidcls.client.inputs import collect_inputs
+    from vidcls.export.quantize import quantize_backbone
+
+    videos = collect_inputs([str(p) for p in calibration])
+    if not videos:
+        raise ValueError(f"no video files found in --int8-calibration {list(map(str, calibration))}")
+    quantize_backbone(fp32, out, config, videos, verbose=verbose)
 
 
 def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Path:
@@ -219,6 +246,8 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
     """Parse every config, check the ensemble wiring and that each model has its files."""
     repo = Path(repo)
     configs = load_configs(repo)
+    backbone_file = VidclsConfig.load(repo / CONFIG_FILENAME).backbone_onnx_file \
+        if (repo / CONFIG_FILENAME).exists() else "model.onnx"
     if not configs:
         raise ValueError(f"{repo} holds no config.pbtxt")
     check_wiring(configs)
@@ -235,8 +264,11 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
                 missing.append(f"{name}/{out.label_filename}")
         if cfg.backend == "python":
             needed = ["model.py"]
-            if require_weights and (version / "model.py").read_text().find("onnx_models") >= 0:
+            shim = (version / "model.py").read_text() if (version / "model.py").exists() else ""
+            if require_weights and "onnx_models" in shim:
                 needed.append("model.onnx")
+                if "BackboneModel" in shim and backbone_file not in needed:
+                    needed.append(backbone_file)
         elif cfg.platform == "ensemble":
             needed = []
         elif cfg.backend == "dali":
@@ -268,6 +300,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="config for --configs-only")
     parser.add_argument("--config", default=None, help="a VidclsConfig JSON file for --configs-only")
+    parser.add_argument("--int8-calibration", nargs="+", default=None, metavar="VIDEOS",
+                        help="opt-in INT8 backbone: calibrate on these videos (files or folders) and "
+                             "serve the quantized graph if its features pass the cosine check")
     parser.add_argument("--verbose", action="store_true", help="print the ONNX parity reports")
 
 
@@ -285,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
     build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
                      backbone_weights=args.backbone_weights, configs_only=args.configs_only,
-                     config=config, verbose=args.verbose, temporal_backend=args.temporal_backend)
+                     config=config, verbose=args.verbose, temporal_backend=args.temporal_backend,
+                     int8_calibration=args.int8_calibration)
     print(f"wrote {args.target} repository {repo}")
     return 0

@@ -143,7 +143,8 @@ def _import_tensorrt():
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, config: VidclsConfig,
-                 role: str, fp16: bool = True, check: bool = True, verbose: bool = False) -> Path:
+                 role: str, fp16: bool = True, check: bool = True, verbose: bool = False,
+                 int8: bool = False) -> Path:
     """Build a serialized TensorRT engine (``model.plan``) from an exported ONNX graph.
 
     FP16 with FP32 fallback where TensorRT decides (and LayerNorm kept in FP32), workspace
@@ -167,6 +168,10 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.serving.trt_workspace_bytes))
     if fp16:
         builder_config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        # The graph carries its own Q/DQ scales (vidcls.export.quantize): explicit quantization,
+        # no TensorRT calibrator; layers without Q/DQ stay FP16/FP32.
+        builder_config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for p in profiles(config, role, rank):
         profile.set_shape(p.name, p.min, p.opt, p.max)

@@ -45,11 +45,14 @@ def instance_count(model_config: dict) -> int:
 class _OnnxModel(BatchedModel):
     role = ""
 
+    def model_file(self) -> str:
+        return MODEL_FILE
+
     def setup(self) -> None:
         from vidcls.ort import make_session
 
         threads = session_threads(self.config, self.role, instance_count(self.model_config))
-        self.session = make_session(self.version_dir / MODEL_FILE, intra_op_threads=threads,
+        self.session = make_session(self.version_dir / self.model_file(), intra_op_threads=threads,
                                     spinning=self.config.serving.ort_spinning)
         self.session_input = self.session.get_inputs()[0].name
 
@@ -58,6 +61,9 @@ class BackboneModel(_OnnxModel):
     """FRAMES UINT8 [T, S, S, 3] → FEATURES FP32 [T, D]: every request's frames in one chunked run."""
 
     role = "backbone"
+
+    def model_file(self) -> str:
+        return self.config.backbone_onnx_file  # model_int8.onnx with backbone_precision int8
 
     def setup(self) -> None:
         super().setup()
