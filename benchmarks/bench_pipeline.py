@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_pipeline.py            # ~5 min on 2 cores (after the first export)
     .venv/bin/python benchmarks/bench_pipeline.py --quick    # fewer videos and concurrencies
     .venv/bin/python benchmarks/bench_pipeline.py --variants before default   # what the tuning bought
+    .venv/bin/python benchmarks/bench_pipeline.py --variants default int8     # + the opt-in INT8 backbone
 
 (a) The reference approach, as the reference project ran it: PyTorch eager, one video at a time,
     PyAV decode, the backbone over 3 x 64 frames (once per temporal scale), then each of the 4
@@ -18,7 +19,9 @@ Triton vs the same ONNX file run standalone with the same threads and settings. 
 
 Variants (``--variants``) are serving settings applied to the same exported repository (only
 the configs change, not the weights): ``default`` = VidclsConfig() defaults, ``before`` = the
-settings before issue 7 (every ORT session at ONNX Runtime's default threads, spinning on), or
+settings before issue 7 (every ORT session at ONNX Runtime's default threads, spinning on),
+``int8`` = the defaults with the opt-in INT8 backbone (``backbone_precision=int8``; quantized once,
+calibrated on the benchmark's own videos, and its feature check reported), or
 ``NAME:key=value,key=value`` = the defaults with those ``config.serving`` fields changed.
 
 Conditions are recorded with every figure: the 1-minute load average before each phase and the
@@ -48,6 +51,7 @@ from bench_serving import make_checkpoints, run_load  # noqa: E402  (same checkp
 # Serving settings before issue 7 (what the code did: every session ORT defaults, spinning on).
 BEFORE = {"ort_intra_op_threads": 0, "backbone_threads": 0, "temporal_threads": 0, "ort_spinning": True,
           "cpu_backbone_instances": 1}
+NAMED_VARIANTS = {"before": BEFORE, "int8": {"backbone_precision": "int8"}}
 
 
 # Triton counts an execution in its statistics after it has sent the responses: read the counters
@@ -209,6 +213,28 @@ def prepare_repository(config: VidclsConfig, checkpoints: Path, repo: Path, rebu
     print(f"  exported the cpu repository in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def prepare_int8(config: VidclsConfig, repo: Path, videos: list[Path]) -> dict:
+    """The INT8 backbone graph beside the FP32 one (quantized once, then cached) and its feature
+    check on the videos' odd frames (the even ones calibrate)."""
+    from vidcls.export.quantize import calibration_frames, check_int8, quantize_backbone
+
+    folder = repo / config.serving.backbone / "1"
+    fp32, int8 = folder / "model.onnx", folder / config.backbone_onnx_file
+    seconds = None
+    if not int8.exists():
+        t0 = time.perf_counter()
+        # Unchecked here: the check is reported below instead. On random-init weights it is not
+        # meaningful (their features are ~1e-6 and nearly alike across frames), and a refused
+        # graph would leave nothing to time; speed does not depend on the weights' values.
+        quantize_backbone(fp32, int8, config, videos, check=False)
+        seconds = time.perf_counter() - t0
+        print(f"  quantized the backbone to INT8 in {seconds:.0f} s", flush=True)
+    _, check = calibration_frames(videos, config)
+    report = check_int8(int8, fp32, config, check)
+    return {"worst_cosine": 1.0 - report.worst, "mean_cosine": float(np.mean(report.cosines)), "check_frames": len(check),
+            "min_cosine_required": config.serving.int8_min_cosine, "ok": report.ok, "quantize_s": seconds}
+
+
 def configure_repository(config: VidclsConfig, repo: Path) -> None:
     """Rewrite configs, shims and vidcls_config.json for ``config``; the ONNX weights stay."""
     from vidcls.export.repository import build_repository, validate_repository
@@ -220,9 +246,9 @@ def configure_repository(config: VidclsConfig, repo: Path) -> None:
 def variant_config(spec: str) -> tuple[str, VidclsConfig]:
     base = VidclsConfig()
     name, _, assignments = spec.partition(":")
-    changes: dict = dict(BEFORE) if name == "before" else {}
-    if name not in ("before", "default") and not assignments:
-        raise SystemExit(f"unknown variant {spec!r}: before, default or NAME:key=value,...")
+    changes: dict = dict(NAMED_VARIANTS.get(name, {}))
+    if name not in NAMED_VARIANTS and name != "default" and not assignments:
+        raise SystemExit(f"unknown variant {spec!r}: {', '.join(['default', *NAMED_VARIANTS])} or NAME:key=value,...")
     fields = {f.name: f for f in dataclasses.fields(base.serving)}
     for item in filter(None, assignments.split(",")):
         key, _, value = item.partition("=")
@@ -411,8 +437,8 @@ def run_triton(name: str, config: VidclsConfig, repo: Path, work: Path, videos: 
             out["backbone_in_triton"] = backbone_in_triton(server.grpc_url, config, frames, backbone_reps)
         out["backbone_in_triton"]["conditions"] = meter.result
     with LoadMeter() as meter:  # after the server stopped: nothing else of ours runs
-        out["backbone_standalone"] = backbone_standalone(config, repo / config.serving.backbone / "1" / "model.onnx",
-                                                         frames, backbone_reps)
+        out["backbone_standalone"] = backbone_standalone(
+            config, repo / config.serving.backbone / "1" / config.backbone_onnx_file, frames, backbone_reps)
     out["backbone_standalone"]["conditions"] = meter.result
     best = max(out["sweep"], key=lambda r: r["videos_per_s"])
     out["best"] = {"concurrency": best["concurrency"], "videos_per_s": best["videos_per_s"]}
@@ -462,7 +488,8 @@ def markdown(report: dict) -> str:
                   f"processes {100 * ref['conditions']['other_cpu_share']:.0f}% of the machine.", ""]
     for v in report["variants"]:
         lines += [f"## (b) Triton cpu pipeline, variant `{v['variant']}`", ""]
-        changed = {k: v["serving"][k] for k in ("ort_intra_op_threads", "backbone_threads", "temporal_threads",
+        changed = {k: v["serving"][k] for k in ("backbone_precision", "ort_intra_op_threads", "backbone_threads",
+                                                "temporal_threads",
                                                 "ort_spinning", "cpu_backbone_instances", "max_queue_delay_us",
                                                 "backbone_batch", "temporal_batch", "cpu_instances")}
         lines += [f"Settings: {', '.join(f'{k}={x}' for k, x in changed.items())}", "",
@@ -507,10 +534,18 @@ def markdown(report: dict) -> str:
                   "i.e. the ratio if decode and the temporal models cost nothing: "
                   + ", ".join(f"`{v['variant']}` {v['ceiling_ratio_backbone_only']:.1f}x" for v in report["variants"])
                   + "."]
-    if report.get("parity"):
-        lines += ["", f"Cross-check: max |Triton - reference| probability over the videos: "
-                  f"{report['parity']:.2e} (the reference runs the backbone per scale in PyTorch, Triton once "
-                  "in ONNX Runtime)."]
+    diffs = [(v["variant"], v["serving"]["backbone_precision"], v.get("max_prob_diff_vs_reference"))
+             for v in report["variants"] if v.get("max_prob_diff_vs_reference") is not None]
+    if diffs:
+        lines += ["", "Cross-check, max |Triton - reference| probability over the videos (the reference runs the "
+                  "backbone per scale in PyTorch, Triton once in ONNX Runtime): "
+                  + ", ".join(f"`{name}` ({precision}) {d:.2e}" for name, precision, d in diffs) + "."]
+    if report.get("int8_check"):
+        q = report["int8_check"]
+        lines += ["", f"INT8 backbone feature check (export refuses below {q['min_cosine_required']}): cosine "
+                  f"similarity with the FP32 features, worst frame {q['worst_cosine']:.4f}, mean {q['mean_cosine']:.4f}, "
+                  f"on {q['check_frames']} frames that did not calibrate (calibration: the other frames of the same "
+                  "videos)."]
     lines += ["", f"Total run time {report['run_s']:.0f} s. Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
@@ -552,9 +587,15 @@ def main(argv=None) -> int:
     repo = work / "repo_cpu"
     prepare_repository(config, checkpoints, repo, args.rebuild)
     videos = make_videos(work / "videos", args.videos)
+    int8_variants = [cfg for _, cfg in variants if cfg.serving.backbone_precision == "int8"]
 
     report: dict = {"machine": machine(), "videos": [p.name for p in videos], "variants": [],
                     "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))}
+    if int8_variants:
+        report["int8_check"] = prepare_int8(int8_variants[0], repo, videos)
+        print(f"  INT8 backbone: worst-frame cosine with FP32 features {report['int8_check']['worst_cosine']:.4f} "
+              f"(mean {report['int8_check']['mean_cosine']:.4f}) on {report['int8_check']['check_frames']} frames",
+              flush=True)
     if not args.no_reference:
         print(f"(a) reference approach on {n_ref} videos", flush=True)
         wait_for_quiet(*quiet)
@@ -579,10 +620,10 @@ def main(argv=None) -> int:
             parallel = max(1.0, min(instances, (os.cpu_count() or 1) / threads))
             backbone_s = config.num_frames / (v["backbone_standalone"]["frames_per_s"] * parallel)
             v["ceiling_ratio_backbone_only"] = ref_s / backbone_s
-        diffs = [float(np.abs(v["sweep"][0]["probabilities"][k] - p).max())
-                 for v in report["variants"] for k, p in report["reference"]["probabilities"].items()
-                 if k in v["sweep"][0]["probabilities"]]
-        report["parity"] = max(diffs) if diffs else None
+        for v in report["variants"]:
+            diffs = [float(np.abs(v["sweep"][0]["probabilities"][k] - p).max())
+                     for k, p in report["reference"]["probabilities"].items() if k in v["sweep"][0]["probabilities"]]
+            v["max_prob_diff_vs_reference"] = max(diffs) if diffs else None
     report["run_s"] = time.perf_counter() - t_start
 
     print("\n" + "=" * 100)

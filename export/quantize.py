@@ -38,11 +38,11 @@ from vidcls.export import parity
 
 log = logging.getLogger(__name__)
 
-# Frames per calibration batch: ONNX Runtime's calibrator keeps every intermediate tensor of a
-# batch; 8 frames of EfficientNetV2-S at 256x256 stay well under a GiB.
+# Frames per calibration batch. The MinMax calibrator's augmented graph outputs only a ReduceMin and
+# a ReduceMax per tensor, so what it keeps per batch is small; the batch bounds the activations.
+# (Its CalibMaxIntermediateOutputs option is not used: in ONNX Runtime 1.32 it drops the batches
+# collected so far instead of merging them.)
 CALIBRATION_BATCH = 8
-# Merge the collected ranges every this many batches instead of holding all of them.
-CALIBRATION_MERGE_EVERY = 4
 
 
 def calibration_frames(videos: Sequence[str | os.PathLike], config: VidclsConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,6 @@ def quantize_graph(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, c
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibMaxIntermediateOutputs": CALIBRATION_MERGE_EVERY},
         )
     return int8_path
 
@@ -114,7 +113,8 @@ def quantize_graph(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, c
 def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, config: VidclsConfig,
                frames: np.ndarray, chunk: int = 16) -> parity.ParityReport:
     """Worst-frame ``1 - cosine(INT8 features, FP32 features)`` per chunk of ``frames``, as a
-    ParityReport whose tolerance is ``1 - int8_min_cosine`` (not raised)."""
+    ParityReport whose tolerance is ``1 - int8_min_cosine`` (not raised); ``report.cosines`` holds
+    every frame's cosine."""
     from vidcls.ort import make_session
 
     threads = parity.parity_threads()
@@ -123,6 +123,7 @@ def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
     name = config.serving.frames
     report = parity.ParityReport(f"backbone int8 ({int8_path})", "1 - cos(feat_int8, feat_fp32), worst frame",
                                  1.0 - float(config.serving.int8_min_cosine))
+    report.cosines = []
     for i in range(0, len(frames), chunk):
         x = frames[i:i + chunk]
         ref = fp32.run(None, {name: x})[0].astype(np.float64)
@@ -132,6 +133,7 @@ def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
             report.rows.append(parity.ParityRow(x.shape, float("nan"), float("inf"), f"ONNX Runtime failed: {exc}"[:300]))
             continue
         cos = (ref * got).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1), 1e-30)
+        report.cosines.extend(float(c) for c in cos)
         error = float(1.0 - cos.min()) if np.all(np.isfinite(cos)) else float("inf")
         rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
         report.rows.append(parity.ParityRow(x.shape, float(np.abs(got - ref).max()), error,
@@ -140,12 +142,13 @@ def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
 
 
 def quantize_backbone(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
-                      videos: Iterable[str | os.PathLike], verbose: bool = False) -> Path:
+                      videos: Iterable[str | os.PathLike], verbose: bool = False, check: bool = True) -> Path:
     """Calibrate on ``videos``, quantize, check; on a failed check nothing is written at ``int8_path``
-    and :class:`~vidcls.export.parity.ParityError` is raised."""
+    and :class:`~vidcls.export.parity.ParityError` is raised. ``check=False`` is for speed
+    measurements only (benchmarks on random weights, where the check is not meaningful)."""
     videos = list(videos)
-    calib, check = calibration_frames(videos, config)
-    log.info("int8 calibration: %d frames, check: %d frames, from %d videos", len(calib), len(check), len(videos))
+    calib, check_frames = calibration_frames(videos, config)
+    log.info("int8 calibration: %d frames, check: %d frames, from %d videos", len(calib), len(check_frames), len(videos))
     return parity.write_checked(
         Path(int8_path), lambda tmp: quantize_graph(fp32_path, tmp, config, calib),
-        lambda tmp: check_int8(tmp, fp32_path, config, check), verbose)
+        (lambda tmp: check_int8(tmp, fp32_path, config, check_frames)) if check else None, verbose)

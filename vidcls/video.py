@@ -35,6 +35,22 @@ DECODER_THREADS = 2
 # Files come from memory or local disk, so hitting these means a pathological file, not a slow disk.
 OPEN_TIMEOUT_S = 30.0
 READ_TIMEOUT_S = 30.0
+# Seeking (decode_frames): only where a key frame is a true random access point, so that decoding
+# from it gives the same pictures as decoding from the start: H.264/HEVC (FFmpeg withholds or flags
+# as corrupt any picture that needs references from before the seek point), VP8/VP9/AV1 key
+# frames, and intra-only MJPEG. MPEG-1/2/4 part 2 and Theora always decode from the start.
+SEEK_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg"})
+# Containers with a seek index (MP4/MOV sample tables, Matroska cues); MPEG-TS, AVI, FLV and Ogg
+# seek by byte guesses or not at all and always decode from the start.
+SEEK_CONTAINERS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm"})
+# Seek only when the plan decodes at most this share of the packets a pass from the start would.
+# The demux pass and the seeks cost little: measured (benchmarks/bench_decode.py) 1.4x faster at a
+# share of 0.54, 1.1x at 0.79, even at 0.93; 0.8 keeps a margin for slower demuxers.
+SEEK_MAX_COST = 0.8
+# Seeking is not tried when the sampled frames are on average fewer than this many frames apart:
+# a GOP is rarely shorter, so there is nothing to skip, and the second container open that the
+# demux pass needs costs ~30 ms (18 % of a 300-frame clip's decode, measured).
+SEEK_MIN_SPACING = 16
 # No protocol at all for anything a demuxer might open by itself (HLS/DASH playlists, concat
 # lists, image sequences ...): we read the bytes we were handed and nothing they point to.
 # ("none" matches no protocol name; an empty value would mean "no whitelist".)
@@ -225,10 +241,16 @@ def _stream_duration(stream, container) -> float:
 
 
 def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: int | None = None,
-                  max_missing_fraction: float = 0.1, limits: InputLimits | None = None) -> np.ndarray:
+                  max_missing_fraction: float = 0.1, limits: InputLimits | None = None,
+                  seek: bool = True, stats: dict | None = None) -> np.ndarray:
     """Decode the frames at ``indices`` (decode order = presentation order) → uint8 [len, size, size, 3] RGB.
 
     Only the sampled frames are converted and resized; decoding stops after the last one needed.
+    With ``seek`` (default), a long file whose key frames are far fewer than its frames is decoded
+    GOP by GOP from the key frame before each sampled frame (:func:`_decode_by_seeking`), when that
+    decodes at most :data:`SEEK_MAX_COST` of the packets; the pictures are the same as decoding
+    from the start, and anything unexpected on the way falls back to it. ``stats``, if given,
+    receives ``mode`` ("seek" | "sequential") and ``packets`` (packets sent to the decoder).
     Memory per call is bounded: the output array, the decoder's reference frames of at most
     ``limits.max_width x limits.max_height`` pixels (``max_pixels`` makes FFmpeg refuse bigger
     pictures before allocating them, whatever the header said), :data:`DECODER_THREADS` threads.
@@ -248,6 +270,13 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
         raise VideoError("bad_indices", "frame indices must be a non-empty list of non-negative integers")
     if indices.size > limits.max_frames:
         raise VideoError("bad_indices", f"{indices.size} frame indices is over the limit of {limits.max_frames}")
+    stats = {} if stats is None else stats
+    if seek and int(indices.max()) + 1 >= SEEK_MIN_SPACING * len(np.unique(indices)):
+        out = _decode_by_seeking(source, indices, size, limits, stats)
+        if out is not None:
+            stats["mode"] = "seek"
+            return out
+    stats["mode"] = "sequential"
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     last_needed = int(indices.max())
     wanted: dict[int, list[int]] = {}
@@ -266,13 +295,7 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
             i = decoded
             decoded += 1
             if i in wanted:
-                try:
-                    last = frame.to_ndarray(format="rgb24", width=size, height=size,
-                                            interpolation=RESIZE_INTERPOLATION)
-                except (ValueError, av.error.FFmpegError):
-                    # A pixel format the scaler cannot read: this file's problem, not a crash.
-                    fmt = getattr(frame.format, "name", "unknown")
-                    raise VideoError("pixel_format", f"pictures in pixel format {fmt!r} cannot be converted to RGB") from None
+                last = _to_rgb(frame, size)
                 for pos in wanted[i]:
                     out[pos] = last
             if i >= last_needed:
@@ -304,6 +327,7 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
                 except av.error.FFmpegError:
                     refused(ctx)
                 break
+            stats["packets"] = stats.get("packets", 0) + 1
             try:
                 done = take(stream.decode(packet))
             except av.error.FFmpegError:
@@ -323,6 +347,131 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
             if idx >= decoded:
                 out[positions] = last
     return out
+
+
+def _to_rgb(frame, size: int) -> np.ndarray:
+    import av
+
+    try:
+        return frame.to_ndarray(format="rgb24", width=size, height=size, interpolation=RESIZE_INTERPOLATION)
+    except (ValueError, av.error.FFmpegError):
+        # A pixel format the scaler cannot read: this file's problem, not a crash.
+        fmt = getattr(frame.format, "name", "unknown")
+        raise VideoError("pixel_format", f"pictures in pixel format {fmt!r} cannot be converted to RGB") from None
+
+
+class _NoSeek(Exception):
+    """Seeking does not apply to this file (or went differently than planned): decode from the start."""
+
+
+def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> tuple[list[tuple[int, list[int]]], int, int]:
+    """Plan a seeking decode from the packets' (decode order) ``pts`` and key-frame flags.
+
+    Frame ordinal k (presentation order, what the sampling indices count) is the packet with the
+    k-th smallest pts. Returns ``(runs, cost, sequential_cost)``: each run is (decode index of the
+    key frame to seek to, the ordinals it yields); ``cost`` is the packets the runs decode,
+    ``sequential_cost`` those a pass from the start decodes. A target whose GOP starts at or before
+    what the current run decodes anyway joins that run (no seek backwards, no GOP decoded twice).
+    """
+    n = len(pts)
+    order = np.argsort(np.asarray(pts), kind="stable")  # ordinal -> decode index
+    last_key = np.maximum.accumulate(np.where(np.asarray(keyframe, bool), np.arange(n), 0))
+    runs: list[tuple[int, list[int]]] = []
+    end = -1  # last decode index the current run reaches
+    cost = 0
+    for ordinal in sorted(set(ordinals)):
+        d = int(order[ordinal])
+        gop = int(last_key[d])
+        if runs and gop <= end + 1:
+            runs[-1][1].append(ordinal)
+            if d > end:
+                cost += d - end
+                end = d
+        else:
+            runs.append((gop, [ordinal]))
+            cost += d - gop + 1
+            end = d
+    sequential = int(max(order[o] for o in set(ordinals))) + 1
+    return runs, cost, sequential
+
+
+def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: InputLimits,
+                       stats: dict) -> np.ndarray | None:
+    """The frames at ``indices``, decoded GOP by GOP after seeks; None where that does not apply.
+
+    A demux pass (no decoding) lists every packet's pts and key flag; :func:`seek_plan` decides
+    whether seeking pays. Each frame is found by its pts. None (decode from the start instead):
+    a container or codec not in SEEK_CONTAINERS / SEEK_CODECS, a packet without pts, duplicate
+    pts, discarded or corrupt packets, a plan over SEEK_MAX_COST, a seek that lands after the
+    planned key frame, a sampled picture FFmpeg flags as corrupt or never outputs, any error.
+    """
+    import av
+
+    fileobj, _ = _as_file(source)
+    try:
+        with fileobj, _open(fileobj, limits) as container:
+            if not set(container.format.name.split(",")) & SEEK_CONTAINERS:
+                return None
+            stream = _video_stream(container)
+            if stream.codec_context.name not in SEEK_CODECS:
+                return None
+            pts: list[int] = []
+            keyframe: list[bool] = []
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None or packet.is_discard or packet.is_corrupt:
+                    return None
+                pts.append(int(packet.pts))
+                keyframe.append(bool(packet.is_keyframe))
+                if len(pts) > limits.max_frames:
+                    return None
+            wanted_ordinals = indices.tolist()
+            if not pts or not keyframe[0] or len(set(pts)) != len(pts) or max(wanted_ordinals) >= len(pts):
+                return None
+            runs, cost, sequential = seek_plan(pts, keyframe, wanted_ordinals)
+            stats.update(seek_cost=cost, sequential_cost=sequential)
+            if cost > SEEK_MAX_COST * sequential:
+                return None
+            by_pts = sorted(pts)
+            decode_index = {p: i for i, p in enumerate(pts)}
+            positions: dict[int, list[int]] = {}
+            for pos, ordinal in enumerate(wanted_ordinals):
+                positions.setdefault(by_pts[ordinal], []).append(pos)
+            out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+            ctx = stream.codec_context
+            ctx.thread_count = DECODER_THREADS
+            ctx.options = {**(ctx.options or {}), "max_pixels": str(_max_pixels(limits))}
+            sent = 0
+            for start, ordinals in runs:
+                todo = {by_pts[o] for o in ordinals}
+                container.seek(pts[start], stream=stream, backward=True, any_frame=False)
+                first = True
+                for packet in container.demux(stream):
+                    if first and packet.size:
+                        # Landed on a key frame at or before the planned one, or the plan is off.
+                        if not packet.is_keyframe or decode_index.get(packet.pts, start + 1) > start:
+                            raise _NoSeek
+                        first = False
+                    sent += 1
+                    for frame in stream.decode(packet if packet.size else None):
+                        _check_resolution(frame.width, frame.height, limits)
+                        if frame.pts in todo:
+                            if frame.is_corrupt:
+                                raise _NoSeek
+                            rgb = _to_rgb(frame, size)
+                            for pos in positions[frame.pts]:
+                                out[pos] = rgb
+                            todo.discard(frame.pts)
+                    if not todo:
+                        break
+                if todo:
+                    raise _NoSeek  # a sampled frame never came out (dropped as not recovered, EOF)
+            stats["packets"] = sent
+            return out
+    except (_NoSeek, av.error.FFmpegError, OSError, ValueError, KeyError):
+        # VideoError is a ValueError too: the pass from the start reports the file's problem.
+        return None
 
 
 def load_frames(source: Source, config: VidclsConfig) -> tuple[np.ndarray, ProbeResult]:
