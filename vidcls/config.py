@@ -173,7 +173,8 @@ class ServingConfig:
     # int8_calibration_frames sampled frames of the user's videos). The same QDQ graph serves the
     # cpu target (ONNX Runtime, 1.6x the FP32 frames/s on a 2-core AVX2 EPYC) and TensorRT's explicit
     # INT8. The export refuses a graph whose features have a cosine similarity below
-    # int8_min_cosine with the FP32 features on any of int8_check_frames other frames.
+    # int8_min_cosine with the FP32 features on any of int8_check_frames other frames (it refused
+    # on every stand-in for ImageNet weights we could build: vidcls.export.quantize).
     backbone_precision: str = "fp32"
     int8_calibration_frames: int = 128
     int8_check_frames: int = 64
