@@ -100,3 +100,15 @@ def test_load_frames_on_a_long_file_equals_the_pass_from_the_start(video_factory
     frames, info = load_frames(path, config)
     assert info.num_frames == FRAMES
     np.testing.assert_array_equal(frames, decode_frames(path, sample_indices(FRAMES, 8), SIZE, seek=False))
+
+
+@pytest.mark.parametrize("seek", [True, False])
+def test_decode_deadline_refuses_the_file(video_factory, seek):
+    from vidcls.config import InputLimits
+
+    path = video_factory("long_h264.mp4", n=FRAMES, size=(96, 64), codec="libx264", options=GOP, seed=3)
+    with pytest.raises(VideoError) as err:
+        decode_frames(path, sample_indices(FRAMES, 8), SIZE, seek=seek, limits=InputLimits(max_decode_s=-1.0))
+    assert err.value.code == "max_decode_s"
+    # the default budget is far away for a file like this
+    assert decode_frames(path, sample_indices(FRAMES, 8), SIZE, seek=seek).shape == (8, SIZE, SIZE, 3)

@@ -97,6 +97,11 @@ class InputLimits:
     # A stream whose tail does not decode is accepted when at most this share of its counted
     # frames is missing (the missing sampled frames repeat the last decoded one).
     max_missing_fraction: float = 0.1
+    # Wall-clock budget for decoding one video (the decode step, extraction, the reference). A file
+    # that stays within every limit above can still take long to decode (4 h of 4K at the
+    # defaults); past this it is refused instead of holding a decode instance. Seeking keeps
+    # decode time small for long files with frequent key frames (vidcls.video.decode_frames).
+    max_decode_s: float = 600.0
 
 
 @dataclass(frozen=True)

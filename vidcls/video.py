@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
@@ -271,8 +272,9 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
     if indices.size > limits.max_frames:
         raise VideoError("bad_indices", f"{indices.size} frame indices is over the limit of {limits.max_frames}")
     stats = {} if stats is None else stats
+    deadline = time.monotonic() + float(limits.max_decode_s)
     if seek and int(indices.max()) + 1 >= SEEK_MIN_SPACING * len(np.unique(indices)):
-        out = _decode_by_seeking(source, indices, size, limits, stats)
+        out = _decode_by_seeking(source, indices, size, limits, stats, deadline)
         if out is not None:
             stats["mode"] = "seek"
             return out
@@ -328,6 +330,7 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
                     refused(ctx)
                 break
             stats["packets"] = stats.get("packets", 0) + 1
+            _check_deadline(deadline, limits)
             try:
                 done = take(stream.decode(packet))
             except av.error.FFmpegError:
@@ -395,8 +398,13 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
     return runs, cost, sequential
 
 
+def _check_deadline(deadline: float, limits: InputLimits) -> None:
+    if time.monotonic() > deadline:
+        raise VideoError("max_decode_s", f"decoding took more than {limits.max_decode_s:g} s")
+
+
 def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: InputLimits,
-                       stats: dict) -> np.ndarray | None:
+                       stats: dict, deadline: float) -> np.ndarray | None:
     """The frames at ``indices``, decoded GOP by GOP after seeks; None where that does not apply.
 
     A demux pass (no decoding) lists every packet's pts and key flag; :func:`seek_plan` decides
@@ -424,6 +432,7 @@ def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: I
                     return None
                 pts.append(int(packet.pts))
                 keyframe.append(bool(packet.is_keyframe))
+                _check_deadline(deadline, limits)
                 if len(pts) > limits.max_frames:
                     return None
             wanted_ordinals = indices.tolist()
@@ -454,6 +463,7 @@ def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: I
                             raise _NoSeek
                         first = False
                     sent += 1
+                    _check_deadline(deadline, limits)  # -> None: the pass from the start reports it
                     for frame in stream.decode(packet if packet.size else None):
                         _check_resolution(frame.width, frame.height, limits)
                         if frame.pts in todo:
