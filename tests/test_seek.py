@@ -25,6 +25,10 @@ def _both(path, indices, **kw):
     ("long_h264.mp4", "libx264", GOP, "seek"),                      # B-frames: decode order != display order
     ("long_h264_nob.mkv", "libx264", {**GOP, "bf": "0"}, "seek"),
     ("long_vp9.webm", "libvpx-vp9", {**GOP, "deadline": "realtime", "cpu-used": "8"}, "seek"),
+    ("long_vp8.webm", "libvpx", GOP, "seek"),
+    # open GOPs: leading B-frames reference the previous GOP; found by pts, they come out right
+    ("long_h264_open.mkv", "libx264", {"x264-params": "keyint=12:open-gop=1:bframes=3"}, "seek"),
+    ("long_hevc_open.mkv", "libx265", {"x265-params": "keyint=12:min-keyint=1:open-gop=1:log-level=error"}, "seek"),
     ("long_mpeg4.avi", "mpeg4", GOP, "sequential"),                 # not a seekable codec/container here
     ("long_h264_defaultgop.mp4", "libx264", None, "sequential"),   # one key frame: seeking cannot pay
 ])
@@ -64,6 +68,17 @@ def test_seek_plan_follows_pts_not_decode_order():
     runs, cost, sequential = seek_plan(pts, keys, [2, 10])
     assert runs == [(0, [2]), (8, [10])]
     assert sequential == 12 and cost == 4 + 4
+
+
+def test_seek_plan_starts_a_leading_picture_of_an_open_gop_one_gop_earlier():
+    # second GOP in decode order: I(pts 6) B(pts 4) B(pts 5) P(pts 9) ...: pts 4 and 5 are shown
+    # before their key frame and reference the first GOP
+    pts = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8]
+    keys = [True, False, False, False, True, False, False, False, False, False]
+    runs, cost, _ = seek_plan(pts, keys, [0, 4])  # ordinal 4 = pts 4, decode index 5
+    assert runs == [(0, [0, 4])] and cost == 6
+    runs, _, _ = seek_plan(pts, keys, [6])  # ordinal 6 = pts 6: the key frame itself
+    assert runs == [(4, [6])]
 
 
 def test_short_clip_keeps_the_pass_from_the_start(h264_video):

@@ -372,7 +372,7 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
 
     Frame ordinal k (presentation order, what the sampling indices count) is the packet with the
     k-th smallest pts. Returns ``(runs, cost, sequential_cost)``: each run is (decode index of the
-    key frame to seek to, the ordinals it yields); ``cost`` is the packets the runs decode,
+    key frame to seek to, the ordinals it yields; the GOP before for an open GOP's leading pictures); ``cost`` is the packets the runs decode,
     ``sequential_cost`` those a pass from the start decodes. A target whose GOP starts at or before
     what the current run decodes anyway joins that run (no seek backwards, no GOP decoded twice).
     """
@@ -385,6 +385,10 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
     for ordinal in sorted(set(ordinals)):
         d = int(order[ordinal])
         gop = int(last_key[d])
+        # A leading picture of an open GOP (shown before its key frame, decoded after it) needs
+        # references from the GOP before: start there.
+        while gop > 0 and pts[d] < pts[gop]:
+            gop = int(last_key[gop - 1])
         if runs and gop <= end + 1:
             runs[-1][1].append(ordinal)
             if d > end:
