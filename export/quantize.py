@@ -156,13 +156,54 @@ def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
 
 
 def quantize_backbone(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
-                      videos: Iterable[str | os.PathLike], verbose: bool = False, check: bool = True) -> Path:
+                      videos: Iterable[str | os.PathLike], verbose: bool = False, check: bool = True,
+                      reports: list | None = None) -> Path:
     """Calibrate on ``videos``, quantize, check; on a failed check nothing is written at ``int8_path``
     and :class:`~vidcls.export.parity.ParityError` is raised. ``check=False`` is for speed
-    measurements only (benchmarks on random weights, where the check is not meaningful)."""
+    measurements only (benchmarks on random weights, where the check is not meaningful). The
+    check's ParityReport is appended to ``reports`` when given."""
     videos = list(videos)
     calib, check_frames = calibration_frames(videos, config)
     log.info("int8 calibration: %d frames, check: %d frames, from %d videos", len(calib), len(check_frames), len(videos))
-    return parity.write_checked(
-        Path(int8_path), lambda tmp: quantize_graph(fp32_path, tmp, config, calib),
-        (lambda tmp: check_int8(tmp, fp32_path, config, check_frames)) if check else None, verbose)
+
+    def check_fn(tmp):
+        report = check_int8(tmp, fp32_path, config, check_frames)
+        if reports is not None:
+            reports.append(report)
+        return report
+
+    return parity.write_checked(Path(int8_path), lambda tmp: quantize_graph(fp32_path, tmp, config, calib),
+                                check_fn if check else None, verbose)
+
+
+def prediction_agreement(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
+                         models: list, videos: Iterable[str | os.PathLike]) -> dict:
+    """The ensemble's probabilities per video with FP32 vs INT8 backbone features (the rest of the
+    pipeline as the PyTorch reference runs it): how often the top-1 class agrees and the largest
+    probability difference. Videos that do not decode are left out."""
+    import torch
+
+    from vidcls.ort import make_session
+    from vidcls.reference import ReferencePipeline
+    from vidcls.serving.base import chunked_run
+    from vidcls.video import VideoError, load_frames
+
+    threads = parity.parity_threads()
+    sessions = {name: make_session(path, intra_op_threads=threads, log_severity=4)
+                for name, path in (("fp32", fp32_path), ("int8", int8_path))}
+    head = ReferencePipeline(config, backbone=None, models=models)
+    rows = []
+    for path in videos:
+        try:
+            frames, _ = load_frames(path, config)
+        except VideoError:
+            continue
+        probs = {}
+        for name, session in sessions.items():
+            feats = chunked_run(session, config.serving.frames, frames, config.backbone_batch)
+            probs[name] = head.view_probabilities(torch.from_numpy(feats)).mean(dim=1).mean(dim=0).numpy()
+        rows.append({"video": str(path), "fp32": probs["fp32"].tolist(), "int8": probs["int8"].tolist(),
+                     "top1_agrees": bool(probs["fp32"].argmax() == probs["int8"].argmax()),
+                     "max_abs_diff": float(np.abs(probs["fp32"] - probs["int8"]).max())})
+    return {"videos": len(rows), "top1_agree": sum(r["top1_agrees"] for r in rows),
+            "max_abs_prob_diff": max((r["max_abs_diff"] for r in rows), default=None), "rows": rows}

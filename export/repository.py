@@ -151,14 +151,15 @@ def _write_weights(repo, specs, config, target, backbone, models, verbose, int8_
     if bb.kind == "python":  # cpu: the python model feeds ONNX Runtime [N, S, S, 3] frames directly
         export_backbone_onnx(backbone, config, bb_dir / "model.onnx", verbose=verbose)
         if int8:
-            _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration, verbose)
+            _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration, verbose,
+                      models)
     else:  # Triton's own backends see the request's batch axis: [B, T, S, S, 3] → [B, T, D]
         flat, flat_int8 = bb_dir / ".frames.onnx", bb_dir / ".frames_int8.onnx"
         export_backbone_onnx(backbone, config, flat, verbose=verbose)
         try:
             add_video_axis(flat, bb_dir / "model.onnx", config)
             if int8:  # quantized (and checked) as the frames graph, like the cpu target's
-                _quantize(flat, flat_int8, config, int8_calibration, verbose)
+                _quantize(flat, flat_int8, config, int8_calibration, verbose, models)
                 add_video_axis(flat_int8, bb_dir / config.backbone_onnx_file, config)
         finally:
             flat.unlink(missing_ok=True)
@@ -183,14 +184,33 @@ def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: st
     onnx_path.unlink()  # the plan is what tensorrt_plan serves
 
 
-def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose: bool) -> None:
+INT8_REPORT = "int8_report.json"
+
+
+def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose: bool, models) -> None:
+    """Quantize + check (raises when the check fails), then write what INT8 changes, for the
+    record, into ``backbone/1/int8_report.json`` and print its summary."""
+    import json
+
     from vidcls.client.inputs import collect_inputs
-    from vidcls.export.quantize import quantize_backbone
+    from vidcls.export.quantize import prediction_agreement, quantize_backbone
 
     videos = collect_inputs([str(p) for p in calibration])
     if not videos:
         raise ValueError(f"no video files found in --int8-calibration {list(map(str, calibration))}")
-    quantize_backbone(fp32, out, config, videos, verbose=verbose)
+    reports: list = []
+    quantize_backbone(fp32, out, config, videos, verbose=verbose, reports=reports)
+    check = reports[0]
+    agreement = prediction_agreement(fp32, out, config, models, videos)
+    report = {"features": {"worst_cosine": 1.0 - check.worst, "mean_cosine": float(sum(check.cosines) / len(check.cosines)),
+                           "check_frames": len(check.cosines), "min_cosine_required": config.serving.int8_min_cosine},
+              "predictions": agreement}
+    target = out.parent / INT8_REPORT
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    f, a = report["features"], agreement
+    print(f"INT8 backbone: feature cosine vs FP32 worst {f['worst_cosine']:.4f}, mean {f['mean_cosine']:.4f} "
+          f"({f['check_frames']} frames); ensemble top-1 agrees on {a['top1_agree']}/{a['videos']} calibration "
+          f"videos, max |probability difference| {a['max_abs_prob_diff']:.3g} ({target})")
 
 
 def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Path:

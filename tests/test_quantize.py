@@ -133,6 +133,15 @@ def test_int8_repository_is_complete(int8_repository):
     assert config.serving.backbone_precision == "int8"
     bb = int8_repository / config.serving.backbone / "1"
     assert (bb / "model.onnx").exists() and (bb / "model_int8.onnx").exists()
+    import json
+
+    report = json.loads((bb / "int8_report.json").read_text())
+    assert report["features"]["worst_cosine"] >= config.serving.int8_min_cosine
+    assert report["predictions"]["videos"] == 2  # the two calibration videos; notes.txt is not one
+    assert 0 < report["predictions"]["max_abs_prob_diff"] < 0.05
+    for row in report["predictions"]["rows"]:
+        assert abs(sum(row["int8"]) - 1) < 1e-5 and row["top1_agrees"] == (
+            max(range(4), key=row["fp32"].__getitem__) == max(range(4), key=row["int8"].__getitem__))
     (bb / "model_int8.onnx").rename(bb / "moved.onnx")
     try:
         with pytest.raises(ValueError, match="model_int8.onnx"):
