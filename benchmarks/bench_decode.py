@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import numpy as np
 
 from vidcls.config import VidclsConfig
 from vidcls.sampling import sample_indices
-from vidcls.video import decode_frames, encode_video, probe
+from vidcls.video import decode_frames, probe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serving import VP9_FAST, encode_once, panning_frames  # noqa: E402  (the benchmarks' inputs)
 
 # name, frames, size, codec, encoder options: a short clip (as in the tests and bench_pipeline)
 # and long files (6 min at 25 fps; 3 min for VP9) with a 2 s GOP (streaming/camera style) and with
@@ -29,28 +33,8 @@ CLIPS = [
     ("short_h264_300f.mp4", 300, (320, 240), "libx264", None),
     ("long_h264_gop50_9000f.mp4", 9000, (480, 270), "libx264", {"g": "50"}),
     ("long_h264_gop250_9000f.mp4", 9000, (480, 270), "libx264", None),
-    ("long_vp9_gop50_4500f.webm", 4500, (320, 180), "libvpx-vp9", {"g": "50", "deadline": "realtime", "cpu-used": "8"}),
+    ("long_vp9_gop50_4500f.webm", 4500, (320, 180), "libvpx-vp9", {"g": "50", **VP9_FAST}),
 ]
-
-
-def make_clip(path: Path, n: int, size, codec: str, options) -> Path:
-    if path.exists():
-        return path
-    w, h = size
-    rng = np.random.default_rng(0)
-    base = (rng.random((h, w, 3)) * 200).astype(np.uint8)
-
-    def frames():
-        for k in range(n):
-            f = np.roll(base, 3 * k, axis=1)
-            x, y = (7 * k) % (w - 40), (5 * k) % (h - 40)
-            f[y:y + 40, x:x + 40] = (255, (9 * k) % 256, 80)
-            yield f
-
-    tmp = path.with_name(f".tmp{path.suffix}")
-    encode_video(tmp, frames(), codec=codec, options=options)
-    tmp.replace(path)
-    return path
 
 
 def decode_once(path: Path, config: VidclsConfig, seek: bool) -> tuple[float, dict, np.ndarray]:
@@ -86,7 +70,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{'clip':<30} {'frames':>6} {'mode':>10} {'packets':>8} {'seek s':>8} {'start s':>8} {'speed-up':>8}")
     for name, n, size, codec, options in CLIPS:
-        path = make_clip(work / name, n, size, codec, options)
+        path = encode_once(work / name, panning_frames(n, size), codec, options)
         t_seek, t_seq, results = compare(path, config, args.reps)
         (st_seek, f_seek), (st_seq, f_seq) = results[True], results[False]
         if not np.array_equal(f_seek, f_seq):

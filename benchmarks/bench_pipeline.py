@@ -46,7 +46,8 @@ import numpy as np
 from vidcls.config import VidclsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import make_checkpoints, run_load  # noqa: E402  (same checkpoints and load loop)
+from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames,  # noqa: E402
+                           run_load)  # same checkpoints, inputs and load loop
 
 # Serving settings before issue 7 (what the code did: every session ORT defaults, spinning on).
 BEFORE = {"ort_intra_op_threads": 0, "backbone_threads": 0, "temporal_threads": 0, "ort_spinning": True,
@@ -171,30 +172,13 @@ def wait_for_quiet(threshold: float, max_wait: float) -> float:
 # ---- inputs ----------------------------------------------------------------------------------------
 def make_videos(out: Path, count: int, size=(320, 240), fps: float = 25.0) -> list[Path]:
     """``count`` clips of 100..300 frames, H.264 (.mp4) and VP9 (.webm), textured moving content."""
-    from vidcls.video import encode_video
-
-    out.mkdir(parents=True, exist_ok=True)
     lengths = [100, 300, 175, 250, 125, 200, 150, 275]
     paths = []
     for i in range(count):
-        codec, suffix = ("libvpx-vp9", ".webm") if i % 3 == 2 else ("libx264", ".mp4")
+        vp9 = i % 3 == 2
         n = lengths[i % len(lengths)]
-        path = out / f"clip_{i}_{n}f{suffix}"
-        if not path.exists():
-            rng = np.random.default_rng(i)
-            w, h = size
-            base = (rng.random((h, w, 3)) * 200).astype(np.uint8)
-            frames = []
-            for k in range(n):
-                f = np.roll(base, 3 * k, axis=1)
-                x, y = (7 * k) % (w - 40), (5 * k) % (h - 40)
-                f[y:y + 40, x:x + 40] = (255, (9 * k) % 256, 80)
-                frames.append(f)
-            options = {"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else None
-            tmp = path.with_name(f".tmp{path.suffix}")
-            encode_video(tmp, frames, fps=fps, codec=codec, options=options)
-            tmp.replace(path)
-        paths.append(path)
+        paths.append(encode_once(out / f"clip_{i}_{n}f{'.webm' if vp9 else '.mp4'}", panning_frames(n, size, seed=i),
+                                 "libvpx-vp9" if vp9 else "libx264", VP9_FAST if vp9 else None, fps))
     return paths
 
 
@@ -216,7 +200,7 @@ def prepare_repository(config: VidclsConfig, checkpoints: Path, repo: Path, rebu
 def prepare_int8(config: VidclsConfig, repo: Path, videos: list[Path]) -> dict:
     """The INT8 backbone graph beside the FP32 one (quantized once, then cached) and its feature
     check on the videos' odd frames (the even ones calibrate)."""
-    from vidcls.export.quantize import calibration_frames, check_int8, quantize_backbone
+    from vidcls.export.quantize import calibration_frames, check_int8, feature_summary, quantize_backbone
 
     folder = repo / config.serving.backbone / "1"
     fp32, int8 = folder / "model.onnx", folder / config.backbone_onnx_file
@@ -231,8 +215,7 @@ def prepare_int8(config: VidclsConfig, repo: Path, videos: list[Path]) -> dict:
         print(f"  quantized the backbone to INT8 in {seconds:.0f} s", flush=True)
     _, check = calibration_frames(videos, config)
     report = check_int8(int8, fp32, config, check)
-    return {"worst_cosine": 1.0 - report.worst, "mean_cosine": float(np.mean(report.cosines)), "check_frames": len(check),
-            "min_cosine_required": config.serving.int8_min_cosine, "ok": report.ok, "quantize_s": seconds}
+    return {**feature_summary(report, config), "ok": report.ok, "quantize_s": seconds}
 
 
 def configure_repository(config: VidclsConfig, repo: Path) -> None:

@@ -41,28 +41,43 @@ def make_checkpoints(config: VidclsConfig, out: Path) -> Path:
     return out
 
 
-def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), fps: float = 25.0) -> list[Path]:
-    """A textured background panning under a moving block: real content change every frame."""
+# libvpx's fast settings: benchmark inputs are encoded once, their encoding speed is not measured.
+VP9_FAST = {"deadline": "realtime", "cpu-used": "8"}
+
+
+def panning_frames(n: int, size=(320, 240), seed: int = 0):
+    """``n`` RGB frames: a textured background panning under a moving block (content changes every
+    frame, like video, unlike a still). The benchmarks' shared input content."""
+    w, h = size
+    base = (np.random.default_rng(seed).random((h, w, 3)) * 200).astype(np.uint8)
+    for k in range(n):
+        f = np.roll(base, 3 * k, axis=1)
+        x, y = (7 * k) % (w - 40), (5 * k) % (h - 40)
+        f[y:y + 40, x:x + 40] = (255, (9 * k) % 256, 80)
+        yield f
+
+
+def encode_once(path: Path, frames, codec: str, options: dict | None = None, fps: float = 25.0) -> Path:
+    """Encode ``frames`` to ``path`` unless it exists (the benchmarks cache their inputs), through a
+    temporary name so an interrupted run leaves no half-written file to be reused."""
     from vidcls.video import encode_video
 
-    out.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp{path.suffix}")
+        encode_video(tmp, frames, fps=fps, codec=codec, options=options)
+        tmp.replace(path)
+    return path
+
+
+def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), fps: float = 25.0) -> list[Path]:
+    """``count`` clips of ``seconds``, H.264 (.mp4) and VP9 (.webm), of :func:`panning_frames`."""
     paths = []
     for i in range(count):
-        codec, suffix = ("libvpx-vp9", ".webm") if i % 3 == 2 else ("libx264", ".mp4")
-        path = out / f"bench_{i}{suffix}"
-        if not path.exists():
-            rng = np.random.default_rng(i)
-            w, h = size
-            base = (rng.random((h, w, 3)) * 200).astype(np.uint8)
-            frames = []
-            for k in range(int(seconds * fps)):
-                f = np.roll(base, 3 * k, axis=1)
-                x, y = (7 * k) % (w - 40), (5 * k) % (h - 40)
-                f[y:y + 40, x:x + 40] = (255, (9 * k) % 256, 80)
-                frames.append(f)
-            options = {"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else None
-            encode_video(path, frames, fps=fps, codec=codec, options=options)
-        paths.append(path)
+        vp9 = i % 3 == 2
+        paths.append(encode_once(out / f"bench_{i}{'.webm' if vp9 else '.mp4'}",
+                                 panning_frames(int(seconds * fps), size, seed=i),
+                                 "libvpx-vp9" if vp9 else "libx264", VP9_FAST if vp9 else None, fps))
     return paths
 
 

@@ -155,6 +155,12 @@ def check_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
     return report
 
 
+def feature_summary(report: parity.ParityReport, config: VidclsConfig) -> dict:
+    """The numbers of a :func:`check_int8` report that the export's report and the benchmark record."""
+    return {"worst_cosine": 1.0 - report.worst, "mean_cosine": float(np.mean(report.cosines)),
+            "check_frames": len(report.cosines), "min_cosine_required": float(config.serving.int8_min_cosine)}
+
+
 def quantize_backbone(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
                       videos: Iterable[str | os.PathLike], verbose: bool = False, check: bool = True,
                       reports: list | None = None) -> Path:

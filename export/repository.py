@@ -193,18 +193,15 @@ def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose:
     import json
 
     from vidcls.client.inputs import collect_inputs
-    from vidcls.export.quantize import prediction_agreement, quantize_backbone
+    from vidcls.export.quantize import feature_summary, prediction_agreement, quantize_backbone
 
     videos = collect_inputs([str(p) for p in calibration])
     if not videos:
         raise ValueError(f"no video files found in --int8-calibration {list(map(str, calibration))}")
     reports: list = []
     quantize_backbone(fp32, out, config, videos, verbose=verbose, reports=reports)
-    check = reports[0]
     agreement = prediction_agreement(fp32, out, config, models, videos)
-    report = {"features": {"worst_cosine": 1.0 - check.worst, "mean_cosine": float(sum(check.cosines) / len(check.cosines)),
-                           "check_frames": len(check.cosines), "min_cosine_required": config.serving.int8_min_cosine},
-              "predictions": agreement}
+    report = {"features": feature_summary(reports[0], config), "predictions": agreement}
     target = out.parent / INT8_REPORT
     target.write_text(json.dumps(report, indent=2) + "\n")
     f, a = report["features"], agreement

@@ -147,6 +147,15 @@ def _open(fileobj, limits: InputLimits | None = None):
         raise VideoError("not_a_video", f"cannot open the file ({exc.__class__.__name__})") from None
 
 
+def _bounded_decoder(stream, limits: InputLimits):
+    """The stream's decoder with the per-request bounds: DECODER_THREADS threads, and FFmpeg's
+    ``max_pixels`` so a picture over the size limit is refused before it is allocated."""
+    ctx = stream.codec_context
+    ctx.thread_count = DECODER_THREADS
+    ctx.options = {**(ctx.options or {}), "max_pixels": str(_max_pixels(limits))}
+    return ctx
+
+
 def _check_resolution(width: int, height: int, limits: InputLimits) -> None:
     if width > limits.max_width or height > limits.max_height:
         raise VideoError("max_resolution", f"{width}x{height} is over the limit of "
@@ -310,9 +319,7 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
 
     with fileobj, _open(fileobj, limits) as container:
         stream = _video_stream(container)
-        ctx = stream.codec_context
-        ctx.thread_count = DECODER_THREADS
-        ctx.options = {**(ctx.options or {}), "max_pixels": str(_max_pixels(limits))}
+        ctx = _bounded_decoder(stream, limits)
         done = False
         packets = container.demux(stream)
         while not done:
@@ -372,9 +379,10 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
 
     Frame ordinal k (presentation order, what the sampling indices count) is the packet with the
     k-th smallest pts. Returns ``(runs, cost, sequential_cost)``: each run is (decode index of the
-    key frame to seek to, the ordinals it yields; the GOP before for an open GOP's leading pictures); ``cost`` is the packets the runs decode,
+    key frame to seek to, the ordinals it yields); ``cost`` is the packets the runs decode,
     ``sequential_cost`` those a pass from the start decodes. A target whose GOP starts at or before
-    what the current run decodes anyway joins that run (no seek backwards, no GOP decoded twice).
+    what the current run decodes anyway joins that run (no seek backwards, no GOP decoded twice);
+    an open GOP's leading pictures start from the key frame of the GOP before.
     """
     n = len(pts)
     order = np.argsort(np.asarray(pts), kind="stable")  # ordinal -> decode index
@@ -382,7 +390,8 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
     runs: list[tuple[int, list[int]]] = []
     end = -1  # last decode index the current run reaches
     cost = 0
-    for ordinal in sorted(set(ordinals)):
+    targets = sorted(set(ordinals))
+    for ordinal in targets:
         d = int(order[ordinal])
         gop = int(last_key[d])
         # A leading picture of an open GOP (shown before its key frame, decoded after it) needs
@@ -398,7 +407,7 @@ def seek_plan(pts: list[int], keyframe: list[bool], ordinals: Iterable[int]) -> 
             runs.append((gop, [ordinal]))
             cost += d - gop + 1
             end = d
-    sequential = int(max(order[o] for o in set(ordinals))) + 1
+    sequential = int(order[targets].max()) + 1
     return runs, cost, sequential
 
 
@@ -452,9 +461,7 @@ def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: I
             for pos, ordinal in enumerate(wanted_ordinals):
                 positions.setdefault(by_pts[ordinal], []).append(pos)
             out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-            ctx = stream.codec_context
-            ctx.thread_count = DECODER_THREADS
-            ctx.options = {**(ctx.options or {}), "max_pixels": str(_max_pixels(limits))}
+            _bounded_decoder(stream, limits)
             sent = 0
             for start, ordinals in runs:
                 todo = {by_pts[o] for o in ordinals}
