@@ -35,6 +35,18 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _torch_and_ort_seconds(module, session, input_name: str, x: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``module`` (PyTorch eager, inference mode) and ``session`` on the same input."""
+    xt = torch.from_numpy(x)
+
+    def run_torch():
+        with torch.inference_mode():
+            module(xt)
+
+    return (_median_seconds(run_torch, repeats),
+            _median_seconds(lambda: session.run(None, {input_name: x}), repeats))
+
+
 def bench_temporal(config: VidclsConfig, tmp: Path, threads: int, repeats: int, batches=(1, 8)) -> list[dict]:
     torch.manual_seed(0)
     model = SuperEnhancedTemporalModel(config.temporal).eval()
@@ -44,14 +56,7 @@ def bench_temporal(config: VidclsConfig, tmp: Path, threads: int, repeats: int, 
     rows = []
     for b in batches:
         x = np.abs(np.random.default_rng(0).standard_normal((b, config.seq_len, config.feature_dim))).astype(np.float32)
-        xt = torch.from_numpy(x)
-
-        def run_torch():
-            with torch.inference_mode():
-                head(xt)
-
-        t_torch = _median_seconds(run_torch, repeats)
-        t_ort = _median_seconds(lambda: session.run(None, {config.serving.sequence: x}), repeats)
+        t_torch, t_ort = _torch_and_ort_seconds(head, session, config.serving.sequence, x, repeats)
         rows.append({"what": f"temporal L={config.seq_len} batch {b}", "torch_ms_per_seq": 1e3 * t_torch / b,
                      "ort_ms_per_seq": 1e3 * t_ort / b, "speedup": t_torch / t_ort})
     return rows
@@ -63,14 +68,7 @@ def bench_backbone(config: VidclsConfig, tmp: Path, threads: int, repeats: int, 
     session = make_session(path, intra_op_threads=threads)
     s = config.frame_size
     x = np.random.default_rng(0).integers(0, 256, (frames, s, s, 3), dtype=np.uint8)
-    xt = torch.from_numpy(x)
-
-    def run_torch():
-        with torch.inference_mode():
-            backbone(xt)
-
-    t_torch = _median_seconds(run_torch, repeats)
-    t_ort = _median_seconds(lambda: session.run(None, {config.serving.frames: x}), repeats)
+    t_torch, t_ort = _torch_and_ort_seconds(backbone, session, config.serving.frames, x, repeats)
     return {"what": f"{config.backbone} {s}x{s}, {frames} frames per call", "torch_frames_per_s": frames / t_torch,
             "ort_frames_per_s": frames / t_ort, "speedup": t_torch / t_ort}
 
