@@ -126,7 +126,12 @@ def test_rotation_metadata_is_ignored_the_same_everywhere(bad_input_corpus):
     Training, the probe/decode steps and the reference pipeline all use load_frames, so this is
     consistent end to end (a decision written in docs/limits.md).
     """
+    import av
+
     by_name = {c.name: c for c in bad_input_corpus}
+    with av.open(str(by_name["rotated_90"].path)) as container:  # the rotation is really there
+        first = next(container.decode(video=0))
+        assert av.sidedata.sidedata.Type.DISPLAYMATRIX in [sd.type for sd in first.side_data]
     rotated, _ = load_frames(by_name["rotated_90"].path, corpus_config())
     plain, _ = load_frames(by_name["h264_good"].path, corpus_config())
     np.testing.assert_array_equal(rotated, plain)
