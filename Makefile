@@ -11,26 +11,26 @@ PERF_VENV := .tools/perf
 PERF_STAMP := $(PERF_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test test-fast bench clean configs
+.PHONY: setup tools demo test test-fast bench clean configs constraints
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (ENVIRONMENT.md);
 # it lives in its own venv so the project keeps a current tritonclient.
 tools: $(PERF_STAMP)
 
-$(PERF_STAMP): Makefile
+$(PERF_STAMP): Makefile constraints-perf.txt
 	@dpkg -s libb64-0d >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
 	  (apt-get install -y -q libb64-0d >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null)); }
 	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
 	$(PERF_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PERF_VENV)/bin/python -m pip install -q "tritonclient[all]==2.50.0" nvidia-cuda-runtime-cu12
+	$(PERF_VENV)/bin/python -m pip install -q -c constraints-perf.txt "tritonclient[all]==2.50.0" nvidia-cuda-runtime-cu12
 	touch $(PERF_STAMP)
 
 demo: setup
@@ -45,6 +45,10 @@ test-fast: setup
 # Regenerate the checked-in gpu model repository configs from the config object.
 configs: setup
 	$(VENV)/bin/vidcls export --configs-only model_repository --target gpu
+
+# Record the versions of the current .venv as the tested set (after a green 'make test').
+constraints:
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache
