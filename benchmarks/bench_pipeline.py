@@ -352,8 +352,8 @@ def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps:
 def backbone_standalone(config: VidclsConfig, model: Path, frames: np.ndarray, reps: int) -> dict:
     """The same ONNX file with the same session settings the served model uses, in this process."""
     from vidcls.ort import make_session
-    from vidcls.serving.base import chunked_run
-    from vidcls.serving.onnx_models import session_threads
+    from vidcls.triton_models.base import chunked_run
+    from vidcls.triton_models.onnx_models import session_threads
 
     s = config.serving
     threads = session_threads(config, "backbone", s.cpu_backbone_instances or s.cpu_instances)
@@ -372,7 +372,7 @@ def run_triton(name: str, config: VidclsConfig, repo: Path, work: Path, videos: 
                concurrencies: list[int], min_requests: int, backbone_reps: int,
                quiet: tuple[float, float]) -> dict:
     from vidcls.client.stats import diff_statistics, fetch_statistics
-    from vidcls.server import TritonServer
+    from vidcls.launcher import TritonServer
     from vidcls.video import load_frames
 
     configure_repository(config, repo)

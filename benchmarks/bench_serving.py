@@ -151,7 +151,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from vidcls.export.repository import build_repository, validate_repository
-    from vidcls.server import TritonServer
+    from vidcls.launcher import TritonServer
 
     config = VidclsConfig()
     work = Path(args.work)

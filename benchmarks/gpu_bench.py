@@ -157,7 +157,7 @@ class Server:
     """Triton in the NGC-based image (docker) or a local tritonserver binary, on free ports."""
 
     def __init__(self, repo: Path, image: str | None, binary: str | None, logfile: Path):
-        from vidcls.server import free_port
+        from vidcls.launcher import free_port
 
         self.repo, self.image, self.binary, self.logfile = repo.resolve(), image, binary, logfile
         self.grpc, self.http, self.metrics = free_port(), free_port(), free_port()

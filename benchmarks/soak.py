@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             url, pid = args.url, args.pid
         else:
-            from vidcls.server import TritonServer
+            from vidcls.launcher import TritonServer
 
             repo = args.repo or build_repo(args.work, args.preset)
             server = TritonServer(repo, log_path=args.out / "tritonserver.log").start()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from vidcls.config import VidclsConfig
 from vidcls.export.wiring import LABELS_FILE, Model, Tensor
-from vidcls.serving.base import CONFIG_FILENAME, CONFIG_PARAMETER
+from vidcls.triton_models.base import CONFIG_FILENAME, CONFIG_PARAMETER
 
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "dali": "dali.py", "python": "model.py"}
 PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx"), "tensorrt": ("platform", "tensorrt_plan"),

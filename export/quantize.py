@@ -191,7 +191,7 @@ def prediction_agreement(fp32_path: str | os.PathLike, int8_path: str | os.PathL
 
     from vidcls.ort import make_session
     from vidcls.reference import ReferencePipeline
-    from vidcls.serving.base import chunked_run
+    from vidcls.triton_models.base import chunked_run
     from vidcls.video import VideoError, load_frames
 
     threads = parity.parity_threads()

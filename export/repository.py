@@ -4,7 +4,7 @@ Layout (``config.serving`` names; T, S, D, C from the config)::
 
     REPO/vidcls_config.json           the VidclsConfig every python model reads
     REPO/vidcls/config.pbtxt          the ensemble (+ labels.txt, empty version folder 1/)
-    REPO/video_probe/1/model.py       python shims: `from vidcls.serving.X import Y as TritonPythonModel`
+    REPO/video_probe/1/model.py       python shims: `from vidcls.triton_models.X import Y as TritonPythonModel`
     REPO/video_decode/1/model.py | dali.py (DALI backend autoserialization)
     REPO/backbone/1/model.py + model.onnx (cpu) | model.onnx (gpu, onnxruntime) | model.plan (tensorrt)
     REPO/temporal_views/1/model.py
@@ -29,7 +29,7 @@ from typing import Sequence
 from vidcls.config import VidclsConfig
 from vidcls.export.pbtxt import MODEL_FILES, header, labels_text, render
 from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model, check_wiring, pipeline
-from vidcls.serving.base import CONFIG_FILENAME
+from vidcls.triton_models.base import CONFIG_FILENAME
 
 VERSION = "1"
 KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git keeps no empty folders)

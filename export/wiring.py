@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vidcls.config import VidclsConfig
-from vidcls.serving.average import input_name as average_input
+from vidcls.triton_models.average import input_name as average_input
 
 TARGETS = ("gpu", "cpu")
 DECODERS = ("dali", "cpu")
@@ -20,12 +20,12 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 # The python-backend implementation of each role (module:class), imported by the generated shims.
 PYTHON_IMPL = {
-    "probe": "vidcls.serving.probe:ProbeModel",
-    "decode": "vidcls.serving.decode:DecodeModel",
-    "backbone": "vidcls.serving.onnx_models:BackboneModel",
-    "temporal": "vidcls.serving.onnx_models:TemporalModel",
-    "views": "vidcls.serving.views:ViewsModel",
-    "average": "vidcls.serving.average:AverageModel",
+    "probe": "vidcls.triton_models.probe:ProbeModel",
+    "decode": "vidcls.triton_models.decode:DecodeModel",
+    "backbone": "vidcls.triton_models.onnx_models:BackboneModel",
+    "temporal": "vidcls.triton_models.onnx_models:TemporalModel",
+    "views": "vidcls.triton_models.views:ViewsModel",
+    "average": "vidcls.triton_models.average:AverageModel",
 }
 
 

@@ -204,7 +204,7 @@ ATOL = 1e-5  # served probabilities vs the PyTorch reference on the same frames
 @pytest.fixture(scope="module")
 def limits_server(tiny_checkpoints, serving_config, tmp_path_factory):
     from vidcls.export.repository import build_repository
-    from vidcls.server import TritonServer
+    from vidcls.launcher import TritonServer
 
     root = tmp_path_factory.mktemp("limits_server")
     repo = build_repository(tiny_checkpoints, root / "repo", target="cpu",

@@ -360,7 +360,7 @@ def test_fleet_of_two_servers(triton_server, spare_server, many_videos, grpc_inf
 
 @pytest.mark.server
 def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infer, serving_config, tmp_path):
-    from vidcls.server import TritonServer
+    from vidcls.launcher import TritonServer
 
     c = tls_certs
     tls_args = ["--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", f"--grpc-server-cert={c['server_cert']}",

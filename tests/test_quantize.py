@@ -127,7 +127,7 @@ def int8_repository(tiny_checkpoints, calibration_dir, tmp_path_factory):
 
 def test_int8_repository_is_complete(int8_repository):
     from vidcls.export.repository import validate_repository
-    from vidcls.serving.base import CONFIG_FILENAME
+    from vidcls.triton_models.base import CONFIG_FILENAME
 
     config = VidclsConfig.load(int8_repository / CONFIG_FILENAME)
     assert config.serving.backbone_precision == "int8"

@@ -99,14 +99,14 @@ def test_cpu_repository_is_complete(cpu_repository, serving_config):
 
 
 def test_shims_import_the_serving_classes(cpu_repository):
-    import vidcls.serving.average
-    import vidcls.serving.decode
-    import vidcls.serving.onnx_models
-    import vidcls.serving.probe
-    import vidcls.serving.views
+    import vidcls.triton_models.average
+    import vidcls.triton_models.decode
+    import vidcls.triton_models.onnx_models
+    import vidcls.triton_models.probe
+    import vidcls.triton_models.views
 
-    classes = {c for m in (vidcls.serving.average, vidcls.serving.decode, vidcls.serving.onnx_models,
-                           vidcls.serving.probe, vidcls.serving.views) for c in vars(m).values()
+    classes = {c for m in (vidcls.triton_models.average, vidcls.triton_models.decode, vidcls.triton_models.onnx_models,
+                           vidcls.triton_models.probe, vidcls.triton_models.views) for c in vars(m).values()
                if isinstance(c, type) and c.__module__ == m.__name__}
     shims = sorted(cpu_repository.glob("*/1/model.py"))
     assert len(shims) == 5 + 2
@@ -116,8 +116,8 @@ def test_shims_import_the_serving_classes(cpu_repository):
 
 
 def test_serving_models_are_torch_free():
-    code = ("import sys, vidcls.serving.probe, vidcls.serving.decode, vidcls.serving.onnx_models, "
-            "vidcls.serving.views, vidcls.serving.average; "
+    code = ("import sys, vidcls.triton_models.probe, vidcls.triton_models.decode, vidcls.triton_models.onnx_models, "
+            "vidcls.triton_models.views, vidcls.triton_models.average; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

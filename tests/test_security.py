@@ -54,7 +54,7 @@ def _dotted(node) -> str:
 
 # ---- binding and model control ---------------------------------------------------------------------
 def test_serve_defaults_to_loopback_and_no_model_control():
-    from vidcls.server import TritonServer, add_arguments
+    from vidcls.launcher import TritonServer, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

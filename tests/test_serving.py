@@ -149,7 +149,7 @@ class _Response:
 
 @pytest.fixture
 def fake_pb(monkeypatch):
-    """A stand-in for triton_python_backend_utils with just what vidcls.serving uses."""
+    """A stand-in for triton_python_backend_utils with just what vidcls.triton_models uses."""
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = _Tensor
     module.TritonError = _Error
@@ -176,7 +176,7 @@ def _load(cls, role, repo, name):
 
 
 def test_probe_errors_only_the_bad_request(fake_pb, cpu_repository, serving_config, h264_video):
-    from vidcls.serving.probe import ProbeModel
+    from vidcls.triton_models.probe import ProbeModel
 
     s = serving_config.serving
     model = _load(ProbeModel, "probe", cpu_repository, s.probe)
@@ -190,7 +190,7 @@ def test_probe_errors_only_the_bad_request(fake_pb, cpu_repository, serving_conf
 
 def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, serving_config):
     """A malformed tensor makes the batched computation raise: the others are retried alone."""
-    from vidcls.serving.average import AverageModel, input_names
+    from vidcls.triton_models.average import AverageModel, input_names
 
     s = serving_config.serving
     model = _load(AverageModel, "average", cpu_repository, s.average)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidcls.serving.base import BatchedModel, rows
+from vidcls.triton_models.base import BatchedModel, rows
 from vidcls.video import decode_frames
 
 

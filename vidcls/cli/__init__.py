@@ -19,10 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vidcls.training.evaluate", "metrics (standard, TTA, ensemble) + confusion matrix PNG"),
     "import-checkpoint": ("vidcls.training.import_checkpoint", "convert reference-project .pt checkpoints"),
     "export": ("vidcls.export.repository", "fill a Triton model repository (--target gpu|cpu)"),
-    "serve": ("vidcls.server", "start a local tritonserver on a model repository"),
+    "serve": ("vidcls.launcher", "start a local tritonserver on a model repository"),
     "classify": ("vidcls.client.classify", "classify videos over gRPC to CSV/JSONL"),
     "bench": ("vidcls.client.bench", "perf_analyzer sweep → CSV, PNG plots, markdown summary"),
-    "demo": ("vidcls.demo", "the whole path on synthetic data on this machine's CPU"),
+    "demo": ("vidcls.cli.demo", "the whole path on synthetic data on this machine's CPU"),
 }
 
 

@@ -1,4 +1,6 @@
-"""``vidcls serve REPO``: a real local tritonserver, without Docker (ENVIRONMENT.md).
+"""The local tritonserver launcher (``vidcls serve REPO``): a real tritonserver, without Docker.
+
+Not to be confused with :mod:`vidcls.triton_models`, the python-backend models Triton runs.
 
 The ``nvidia-pytriton`` wheel ships a complete ``tritonserver`` (with the python backend and the
 ensemble scheduler). We never run it in place: :func:`server_home` makes an owned copy of its tree

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from vidcls.serving.base import BatchedModel, chunked_run
+from vidcls.triton_models.base import BatchedModel, chunked_run
 
 MODEL_FILE = "model.onnx"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidcls.sampling import sample_indices
-from vidcls.serving.base import BatchedModel, rows
+from vidcls.triton_models.base import BatchedModel, rows
 from vidcls.video import probe
 
 

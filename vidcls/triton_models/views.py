@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidcls.sampling import multiscale, tta_views
-from vidcls.serving.base import BatchedModel
+from vidcls.triton_models.base import BatchedModel
 
 
 class ViewsModel(BatchedModel):

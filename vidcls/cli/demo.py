@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     _export(ckpts, repo)
     _done(t, timings, "export")
 
-    from vidcls.server import TritonServer
+    from vidcls.launcher import TritonServer
 
     t = _step("5/6 start tritonserver and classify the held-out videos over gRPC")
     predictions = out / "predictions.csv"

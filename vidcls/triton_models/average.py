@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from vidcls.config import VidclsConfig
-from vidcls.serving.base import BatchedModel
+from vidcls.triton_models.base import BatchedModel
 
 
 def input_name(config: VidclsConfig, model: str, view: str) -> str:
