@@ -48,7 +48,9 @@ def _instances(model: Model, config: VidclsConfig, target: str) -> list[dict]:
     if target == "cpu":
         count = (s.cpu_backbone_instances or s.cpu_instances) if model.role == "backbone" else s.cpu_instances
         return [{"count": count, "kind": _Enum("KIND_CPU")}]
-    if model.kind in ("onnxruntime", "tensorrt", "dali"):
+    if model.kind == "dali":  # one video per execution, several side by side (ServingConfig.dali_decode_batch)
+        return [{"count": s.dali_instances, "kind": _Enum("KIND_GPU")}]
+    if model.kind in ("onnxruntime", "tensorrt"):
         return [{"count": s.gpu_model_instances, "kind": _Enum("KIND_GPU")}]
     count = s.gpu_decode_instances if model.role == "decode" else s.gpu_python_instances
     return [{"count": count, "kind": _Enum("KIND_CPU")}]
@@ -113,7 +115,8 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     if warm:
         d["model_warmup"] = warm
     if model.kind == "python":
-        d["parameters"] = [{"key": CONFIG_PARAMETER, "value": {"string_value": f"../{CONFIG_FILENAME}"}}]
+        d["parameters"] = [{"key": CONFIG_PARAMETER, "value": {"string_value": f"../{CONFIG_FILENAME}"}}] + [
+            {"key": k, "value": {"string_value": v}} for k, v in model.params]
     return d
 
 

@@ -32,6 +32,11 @@ from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model
 from vidcls.triton_models.base import CONFIG_FILENAME
 
 VERSION = "1"
+
+
+class ExportRefused(ValueError):
+    """A request the export cannot honour: the CLI prints it as one line and exits with 2."""
+
 KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git keeps no empty folders)
 PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
@@ -85,6 +90,13 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         backbone = build_backbone(config, weights)
     if int8_calibration:
         config = config.replace(serving=dataclasses.replace(config.serving, backbone_precision="int8"))
+    if target == "gpu" and config.serving.backbone_precision == "int8":
+        # The QDQ graph has unsigned (QUInt8, zero point != 0) activations: ONNX Runtime's CPU
+        # kernels want them, TensorRT takes only symmetric signed INT8 Q/DQ and would refuse it
+        # (vidcls.export.backend_contract finds it), in a plan and in ORT's TensorRT EP alike.
+        raise ExportRefused("the INT8 backbone is for the cpu target only: TensorRT takes symmetric signed "
+                            "INT8 Q/DQ and this graph's activations are unsigned; export the gpu target in FP16 "
+                            "(without --int8-calibration)")
     if config.serving.backbone_precision == "int8" and not configs_only and not int8_calibration:
         raise ValueError("an int8 backbone needs calibration videos (--int8-calibration)")
     # gpu: the temporal models' backend defaults to config.serving.gpu_temporal_backend
@@ -215,6 +227,8 @@ def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Pa
 
     Triton's onnxruntime/tensorrt backends give a model the request batch axis in front of the
     configured dims; the backbone runs on all B*T frames at once and the result is split back.
+    The uint8 input is cast to float before the reshape (TensorRT takes UINT8 only in a Cast); the
+    frames graph's own first Cast then sees float and is an identity.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -223,7 +237,7 @@ def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Pa
     model = onnx.load(str(src))
     graph = model.graph
     inp, out = graph.input[0], graph.output[0]
-    inner_in, inner_out = f"{inp.name}__flat", f"{out.name}__flat"
+    inner_in, inner_out, as_float = f"{inp.name}__flat", f"{out.name}__flat", f"{inp.name}__float"
     for node in graph.node:
         node.input[:] = [inner_in if x == inp.name else x for x in node.input]
         node.output[:] = [inner_out if x == out.name else x for x in node.output]
@@ -234,7 +248,8 @@ def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Pa
     ])
     nodes = list(graph.node)
     del graph.node[:]
-    graph.node.extend([helper.make_node("Reshape", [inp.name, "video_axis__in_shape"], [inner_in])]
+    graph.node.extend([helper.make_node("Cast", [inp.name], [as_float], to=TensorProto.FLOAT),
+                       helper.make_node("Reshape", [as_float, "video_axis__in_shape"], [inner_in])]
                       + nodes
                       + [helper.make_node("Reshape", [inner_out, "video_axis__out_shape"], [out.name])])
     graph.input[0].CopyFrom(helper.make_tensor_value_info(inp.name, TensorProto.UINT8, ["batch", T, S, S, 3]))
@@ -268,6 +283,7 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
     if not configs:
         raise ValueError(f"{repo} holds no config.pbtxt")
     check_wiring(configs)
+    _check_backend_contract(repo, configs)
     missing = []
     if not (repo / CONFIG_FILENAME).exists():
         missing.append(CONFIG_FILENAME)
@@ -296,6 +312,24 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
     if missing:
         raise ValueError(f"{repo} is incomplete, missing: {', '.join(missing)}")
     return configs
+
+
+def _check_backend_contract(repo: Path, configs: dict) -> None:
+    """What the pinned image's backends would refuse at load time (vidcls.export.backend_contract):
+    accelerator keys/values of every onnxruntime config, and the node types of every graph that
+    TensorRT imports (onnxruntime models with the tensorrt accelerator)."""
+    from vidcls.export.backend_contract import check_accelerators, check_tensorrt_graph
+
+    problems = []
+    for name, cfg in configs.items():
+        problems += check_accelerators(cfg)
+        accs = {a.name for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator}
+        if cfg.platform == "onnxruntime_onnx" and "tensorrt" in accs:
+            graph = repo / name / VERSION / (cfg.default_model_filename or "model.onnx")
+            if graph.exists():
+                problems += [f"{name}/{VERSION}/{graph.name}: {p}" for p in check_tensorrt_graph(graph)]
+    if problems:
+        raise ValueError("the serving image's backends would refuse this repository:\n  " + "\n  ".join(problems))
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -335,9 +369,13 @@ def run(args: argparse.Namespace) -> int:
             print("error: give CHECKPOINTS... REPO", file=sys.stderr)
             return 2
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
-    build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
-                     backbone_weights=args.backbone_weights, configs_only=args.configs_only,
-                     config=config, verbose=args.verbose, temporal_backend=args.temporal_backend,
-                     int8_calibration=args.int8_calibration)
+    try:
+        build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
+                         backbone_weights=args.backbone_weights, configs_only=args.configs_only,
+                         config=config, verbose=args.verbose, temporal_backend=args.temporal_backend,
+                         int8_calibration=args.int8_calibration)
+    except ExportRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.target} repository {repo}")
     return 0

@@ -95,8 +95,13 @@ def ort_gpu_accelerators(config: VidclsConfig, role: str, rank: int | None = Non
     profile as the native engine (so one engine covers every batch size and view length instead of
     one rebuild per new shape), FP32 LayerNorm, and an engine cache so a restart doesn't rebuild.
     Nodes TensorRT does not take run on the CUDA EP, which Triton adds itself for KIND_GPU.
+
+    The engine and timing caches go to ``cache_path`` (default ``config.serving.trt_cache_dir``):
+    a writable volume that outlives the container, not the read-only model repository, so a restart
+    loads the engines instead of rebuilding them inside the startup probe's window.
     """
     profs = profiles(config, role, rank)
+    cache_path = cache_path if cache_path is not None else config.serving.trt_cache_dir
     trt = {
         "precision_mode": "FP16",
         "max_workspace_size_bytes": str(int(config.serving.trt_workspace_bytes)),
@@ -127,8 +132,12 @@ def ort_session_providers(config: VidclsConfig, role: str, rank: int | None = No
 
 
 def ort_cuda_accelerator() -> list[tuple[str, dict[str, str]]]:
-    """The plain CUDA EP path (no TensorRT): cuDNN's exhaustive conv search, paid once at load."""
-    return [("cuda", {"cudnn_conv_algo_search": "0", "use_ep_level_unified_stream": "1"})]
+    """The plain CUDA EP path (no TensorRT). No ``cudnn_conv_algo_search``: the temporal models have
+    no convolutions, and for the backbone ONNX Runtime's default is already EXHAUSTIVE (inside this
+    block the value would have to be the option's name, and the onnxruntime backend's deprecated
+    top-level parameter of the same name overrode it anyway). Every key here is checked against
+    the pinned backend by vidcls.export.backend_contract."""
+    return [("cuda", {"use_ep_level_unified_stream": "1"})]
 
 
 def _import_tensorrt():
@@ -155,6 +164,28 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
     trt = _import_tensorrt()
     import onnx
 
+    from vidcls import serving_image
+    from vidcls.export.backend_contract import check_tensorrt_graph
+
+    # A plan loads only in the TensorRT that built it: one built by any other version than the
+    # serving image's would fail to load there (or, with a wheel installed only conditionally,
+    # come from no TensorRT at all). Build inside docker/Dockerfile.train.
+    if trt.__version__ != serving_image.TENSORRT_VERSION:
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} is installed, the serving image ({serving_image.TRITON_IMAGE}) runs "
+            f"{serving_image.TENSORRT_VERSION}: a plan only loads in the TensorRT that built it. Build the plans "
+            "inside docker/Dockerfile.train (same release), or export with --backend onnxruntime")
+    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
+        # TensorRT 11 builds strongly typed networks: precision comes from the ONNX graph (an FP16
+        # graph with FP32 I/O), there is no FP16 builder flag on an FP32 graph any more.
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} builds engines at the precision written in the ONNX graph and vidcls "
+            "exports FP32 graphs: FP16 plans are not available with this release; export with --backend "
+            "onnxruntime (TensorRT EP, FP16) or build an FP32 plan (fp16=False)")
+    problems = check_tensorrt_graph(onnx_path)
+    if problems:
+        raise RuntimeError(f"TensorRT {trt.__version__}'s ONNX parser would refuse {onnx_path}:\n  " + "\n  ".join(problems))
+
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     rank = len(onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim)
     logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
@@ -168,7 +199,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.serving.trt_workspace_bytes))
     if fp16:
         builder_config.set_flag(trt.BuilderFlag.FP16)
-    if int8:
+    if int8:  # refused for the gpu target by the export (unsigned QDQ); kept for a signed INT8 graph
         # The graph carries its own Q/DQ scales (vidcls.export.quantize): explicit quantization,
         # no TensorRT calibrator; layers without Q/DQ stay FP16/FP32.
         builder_config.set_flag(trt.BuilderFlag.INT8)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from vidcls.config import VidclsConfig
 from vidcls.triton_models.average import input_name as average_input
+from vidcls.triton_models.probe import DECODER_PARAMETER
 
 TARGETS = ("gpu", "cpu")
 DECODERS = ("dali", "cpu")
@@ -54,6 +55,8 @@ class Model:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     steps: tuple[Step, ...] = field(default=())
+    # Extra string parameters of the model's config.pbtxt (key, value).
+    params: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def impl(self) -> str | None:
@@ -101,9 +104,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
                        for m in config.temporal_model_names() for v in config.tta_views)
 
     models = [
-        Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices,)),
-        Model(s.decode, "decode", "python" if decode == "cpu" else "dali", s.decode_batch,
-              (video, indices), (frames,)),
+        # The probe learns which decoder follows it: with DALI it also applies serving.dali_codecs/_containers.
+        Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices,),
+              params=((DECODER_PARAMETER, decode),)),
+        Model(s.decode, "decode", "python" if decode == "cpu" else "dali",
+              s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices), (frames,)),
         Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames,), (features,)),
         Model(s.views, "views", "python", s.views_batch, (features,), views),
         *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs,))

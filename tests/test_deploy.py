@@ -355,17 +355,17 @@ def test_default_config_fits_a_10gb_slice_with_headroom():
     assert a.slice_mib <= 10 * 1000 and a.headroom >= 0.15
     # The deployment matrix of docs/deployment.md, on a 10 GB slice:
     #   plain 1g.10gb (no NVDEC): --decode cpu, either backend;
-    #   1g.10gb+me (NVDEC, 10 GB): --decode dali with --backend tensorrt.
-    fits_10gb = [("tensorrt", "cpu"), ("onnxruntime", "cpu"), ("tensorrt", "dali")]
+    #   1g.10gb+me (NVDEC, 10 GB): --decode dali, either backend (DALI decodes one video per
+    #   execution in each of its instances: serving.dali_decode_batch).
+    fits_10gb = [("tensorrt", "cpu"), ("onnxruntime", "cpu"), ("tensorrt", "dali"), ("onnxruntime", "dali")]
     for backend, decode in fits_10gb:
         b = db.compute_budget(VidclsConfig(), backend, decode)
         assert b.fits, db.format_table(b)
         assert b.total_mib < 10 * 1024 * (1 - a.headroom)
-    # ONNX Runtime + DALI at 1080p misses the headroom on 10 GB; it needs a 20 GB slice (1g.20gb,
-    # 2g.20gb). The FP32 CUDA-EP fallback fits 10 GB only with CPU decode.
-    assert not db.compute_budget(VidclsConfig(), "onnxruntime", "dali").fits
+    # The FP32 CUDA-EP fallback fits 10 GB only with CPU decode; with DALI it needs a 20 GB slice.
+    assert not db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "dali").fits
     slice_20 = db.Assumptions(slice_mib=19968)
-    assert db.compute_budget(VidclsConfig(), "onnxruntime", "dali", slice_20).fits
+    assert db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "dali", slice_20).fits
     assert db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "cpu").fits
 
 

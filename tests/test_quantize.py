@@ -99,14 +99,18 @@ def test_precision_is_validated_and_names_the_served_file():
         _with(VidclsConfig(), backbone_precision="fp16")
 
 
-def test_gpu_onnxruntime_config_serves_the_int8_file(tmp_path):
-    from vidcls.export.repository import build_repository, load_configs
+def test_gpu_target_refuses_int8_in_one_line(tmp_path, capsys):
+    """TensorRT takes only symmetric signed INT8 Q/DQ; the QDQ graph's activations are unsigned."""
+    from vidcls.cli import main
+    from vidcls.export.repository import ExportRefused, build_repository
 
     config = _with(VidclsConfig(), backbone_precision="int8")
-    repo = build_repository(None, tmp_path / "repo", target="gpu", configs_only=True, config=config)
-    configs = load_configs(repo)
-    assert configs[config.serving.backbone].default_model_filename == "model_int8.onnx"
-    assert configs[config.temporal_model_names()[0]].default_model_filename == "model.onnx"
+    with pytest.raises(ExportRefused, match="cpu target only"):
+        build_repository(None, tmp_path / "repo", target="gpu", configs_only=True, config=config)
+    config.save(tmp_path / "int8.json")
+    assert main(["export", "--configs-only", "--config", str(tmp_path / "int8.json"), str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cpu target only" in err[0]
 
 
 def test_int8_export_needs_calibration(tiny_checkpoints, serving_config, tmp_path):

@@ -146,6 +146,18 @@ class ServingConfig:
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
     gpu_decode_instances: int = 4
+    # gpu target, DALI decode. The DALI backend fails every request of a batch when one sample
+    # fails, so the decode model takes one video per execution (max_batch_size 1) and runs
+    # dali_instances of them side by side instead: one bad video fails only its own request. Cost,
+    # measured with CPU DALI on VP9 clips (benchmarks/bench_dali_isolation.py): docs/deployment.md.
+    dali_decode_batch: int = 1
+    dali_instances: int = 4
+    # What the DALI decode path reads (NVDEC through fn.decoders.video, demuxed by DALI's FFmpeg):
+    # the probe of a --decode dali repository refuses anything else with the code "dali_unsupported"
+    # before it reaches DALI (InputLimits still applies first). MPEG-1/2, MPEG-4 Part 2, Theora and
+    # MJPEG stay on the --decode cpu repositories.
+    dali_codecs: tuple[str, ...] = ("h264", "hevc", "vp8", "vp9", "av1")
+    dali_containers: tuple[str, ...] = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
     # Threads for ONNX Runtime sessions inside the cpu-target python models (0 = ORT default, one
     # per physical core). The per-role fields below override it when non-zero.
     ort_intra_op_threads: int = 0
@@ -172,6 +184,10 @@ class ServingConfig:
     gpu_temporal_accelerator: str = "cuda"
     # TensorRT / ORT-TRT: workspace sized for a 10 GB A100 MIG slice.
     trt_workspace_bytes: int = 2 * 1024 ** 3
+    # gpu target, ONNX Runtime's TensorRT EP: where it writes its engine and timing caches. Must be
+    # a writable volume that survives restarts (the model repository is mounted read-only): without
+    # it every start rebuilds the engines, minutes inside the startup probe's window.
+    trt_cache_dir: str = "/var/cache/vidcls/trt"
     # Backbone precision: "fp32" (default; the served probabilities equal the PyTorch reference)
     # or "int8" (opt-in, `vidcls export --int8-calibration VIDEOS`): ONNX Runtime static
     # quantization, QDQ format (per-channel int8 weights, uint8 activations, MinMax ranges from

@@ -245,11 +245,13 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
 
     if decode == "dali":
         src = a.source_width * a.source_height
-        decoded = sv.decode_batch * t * src * 3  # full-resolution RGB frames before the resize
-        surfaces = sv.decode_batch * a.nvdec_surfaces * src * 3 // 2
-        resized = sv.decode_batch * t * frame_bytes
-        rows.append(Row(f"{sv.decode} (DALI, NVDEC)", 0, 0, inst * (decoded + resized) / MIB, inst * surfaces / MIB,
-                        f"batch {sv.decode_batch} x {t} frames at {a.source_width}x{a.source_height}"))
+        n = sv.dali_decode_batch  # videos per DALI execution; dali_instances of them side by side
+        decoded = n * t * src * 3  # full-resolution RGB frames before the resize
+        surfaces = n * a.nvdec_surfaces * src * 3 // 2
+        resized = n * t * frame_bytes
+        rows.append(Row(f"{sv.decode} (DALI, NVDEC)", 0, 0, sv.dali_instances * (decoded + resized) / MIB,
+                        sv.dali_instances * surfaces / MIB,
+                        f"{sv.dali_instances} x batch {n} x {t} frames at {a.source_width}x{a.source_height}"))
     else:
         rows.append(Row(f"{sv.decode} (python, PyAV on CPU)", 0, 0, 0, 0, "KIND_CPU: no GPU memory"))
 

@@ -73,7 +73,9 @@ class FrameBackbone(nn.Module):
         return super().train(False)  # frozen: BatchNorm statistics and dropout never change
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # Cast before anything else: in the exported graph the uint8 frames then feed only a Cast,
+        # the one place TensorRT's ONNX parser takes UINT8 (vidcls.export.backend_contract).
+        x = frames.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         x = (x - self.mean) / self.std
         return self.cnn(x)
 

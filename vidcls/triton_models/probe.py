@@ -11,7 +11,12 @@ import numpy as np
 
 from vidcls.sampling import sample_indices
 from vidcls.triton_models.base import BatchedModel, rows
-from vidcls.video import probe
+from vidcls.video import VideoError, probe
+
+
+# Config parameter naming the decoder after the probe ("cpu" or "dali"); the config generator
+# (vidcls.export.wiring) writes it.
+DECODER_PARAMETER = "decoder"
 
 
 class ProbeModel(BatchedModel):
@@ -19,6 +24,21 @@ class ProbeModel(BatchedModel):
         s = self.config.serving
         self.inputs = (s.video,)
         self.output = s.frame_indices
+        params = self.model_config.get("parameters", {})
+        self.decoder = params.get(DECODER_PARAMETER, {}).get("string_value", "cpu")
+
+    def check_decoder(self, info) -> None:
+        """A --decode dali repository: refuse what the DALI path cannot read, before DALI sees it
+        (the DALI backend fails the whole batch on one bad sample; serving.dali_codecs)."""
+        if self.decoder != "dali":
+            return
+        s = self.config.serving
+        if info.codec not in s.dali_codecs:
+            raise VideoError("dali_unsupported", f"codec {info.codec!r} is not decoded by this GPU repository "
+                             f"(DALI/NVDEC: {', '.join(s.dali_codecs)}); send it to a --decode cpu deployment")
+        if not set(info.container.split(",")) & set(s.dali_containers):
+            raise VideoError("dali_unsupported", f"container {info.container!r} is not read by this GPU repository "
+                             f"(DALI: {', '.join(s.dali_containers)}); send it to a --decode cpu deployment")
 
     def process(self, batch):
         video = self.config.serving.video
@@ -26,8 +46,11 @@ class ProbeModel(BatchedModel):
 
     def one(self, videos: np.ndarray):
         try:
-            out = [sample_indices(probe(v, self.config.limits).num_frames, self.config.num_frames)
-                   for v in rows(videos)]
+            out = []
+            for v in rows(videos):
+                info = probe(v, self.config.limits)
+                self.check_decoder(info)
+                out.append(sample_indices(info.num_frames, self.config.num_frames))
         except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
             return exc
         return {self.output: np.stack(out).astype(np.int32)}

@@ -14,7 +14,7 @@ FRAME_SIZE = 256
 
 
 @autoserialize
-@dali.pipeline_def(batch_size=8, num_threads=4, device_id=0, prefetch_queue_depth=1)
+@dali.pipeline_def(batch_size=1, num_threads=4, device_id=0, prefetch_queue_depth=1)
 def vidcls_decode(device="gpu"):
     """(video bytes, frame indices) per sample -> uint8 [T, S, S, 3] RGB; device "gpu" = NVDEC."""
     video = fn.external_source(name=VIDEO, device="cpu", dtype=types.UINT8, ndim=1)
