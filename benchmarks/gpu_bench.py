@@ -228,6 +228,33 @@ def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: 
             "statistics": [s.as_dict() for s in steps], "statistics_md": markdown_table(steps)}
 
 
+def fidelity(url: str, config: VidclsConfig, checkpoints: Path, videos: list[Path]) -> dict:
+    """Served probabilities vs the PyTorch reference (CPU, FP32) on the same files, against the
+    GPU tolerance of vidcls.export.tensorrt (GPU_SERVED_PROBS_ATOL, GPU_SAME_CLASS_MIN)."""
+    import tritonclient.grpc as grpcclient
+
+    from vidcls.export.tensorrt import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
+    from vidcls.reference import ReferencePipeline
+
+    reference = ReferencePipeline.from_checkpoints(checkpoints)
+    s = config.serving
+    diffs, same = [], 0
+    with grpcclient.InferenceServerClient(url) as client:
+        for path in videos:
+            data = np.frombuffer(Path(path).read_bytes(), np.uint8)[None]
+            inp = grpcclient.InferInput(s.video, list(data.shape), "UINT8")
+            inp.set_data_from_numpy(data)
+            served = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(s.probabilities)])
+            got = served.as_numpy(s.probabilities).reshape(-1)
+            want = np.asarray(reference.classify(path)).reshape(-1)
+            diffs.append(float(np.abs(got - want).max()))
+            same += int(got.argmax() == want.argmax())
+    share = same / max(len(videos), 1)
+    return {"videos": len(videos), "max_abs_prob_diff": max(diffs, default=None), "same_class": share,
+            "atol": GPU_SERVED_PROBS_ATOL, "same_class_min": GPU_SAME_CLASS_MIN,
+            "ok": bool(diffs) and max(diffs) <= GPU_SERVED_PROBS_ATOL and share >= GPU_SAME_CLASS_MIN}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -288,6 +315,11 @@ def main(argv=None) -> int:
         with Server(repo, None if args.tritonserver else args.image, args.tritonserver,
                     work / f"tritonserver_{safe}.log") as server:
             res = sweep(server.url, cfg, videos, work, safe, args.concurrency)
+            if "fidelity" not in report:
+                report["fidelity"] = fid = fidelity(server.url, cfg, checkpoints, videos)
+                log(f"   fidelity vs the PyTorch reference: max |dp| {fid['max_abs_prob_diff']:.3g} (<= {fid['atol']}), "
+                    f"same class {100 * fid['same_class']:.1f}% (>= {100 * fid['same_class_min']:.1f}%): "
+                    + ("OK" if fid["ok"] else "FAILED"))
         res["variant"] = name
         res["fraction_of_limit"] = res["best_videos_per_s"] / bb["limit_videos_per_s"]
         report["variants"].append(res)
@@ -302,7 +334,7 @@ def main(argv=None) -> int:
     log(f"backbone engine alone: {bb['frames_per_s']:.0f} frames/s = {bb['limit_videos_per_s']:.2f} videos/s limit; "
         f"served (best: {best['variant']}) {best['best_videos_per_s']:.2f} videos/s = "
         f"{100 * best['fraction_of_limit']:.0f}% (target >= 70%)")
-    return 0
+    return 0 if report.get("fidelity", {}).get("ok") else 1
 
 
 if __name__ == "__main__":

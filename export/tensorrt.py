@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 # (issue 7: known wrong BiLSTM cases give differences of 1e-1 and more). Tighten from measurement.
 TRT_PROBS_ATOL = 1e-2
 TRT_FEATURES_RTOL = 2e-2
+# The served gpu pipeline (FP16 backbone, NVDEC decode) against the PyTorch reference on the same
+# files: "equal within 1e-5" holds on the CPU target only. On the GPU: every probability within
+# 1e-2 and the same class on at least 99.5 % of the videos (benchmarks/gpu_bench.py checks both).
+GPU_SERVED_PROBS_ATOL = 1e-2
+GPU_SAME_CLASS_MIN = 0.995
 
 ROLES = ("backbone", "temporal")
 

@@ -304,7 +304,11 @@ def test_k8s_deployment_contract():
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # Liveness by inference (a dead python stub leaves /v2/health/live OK): vidcls.healthcheck.
+    assert c["livenessProbe"]["exec"]["command"][:3] == ["python3", "-m", "vidcls.healthcheck"]
+    assert c["livenessProbe"]["timeoutSeconds"] < c["livenessProbe"]["periodSeconds"]
+    cache = next(m for m in c["volumeMounts"] if m["name"] == "trt-cache")
+    assert cache["mountPath"] == VidclsConfig().serving.trt_cache_dir, "TensorRT EP caches on a writable volume"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     mig = {k: v for k, v in c["resources"]["limits"].items() if k.startswith("nvidia.com/mig-")}
     assert mig == {"nvidia.com/mig-1g.10gb": 1}, "one MIG slice per replica"
@@ -336,7 +340,9 @@ def test_k8s_hpa_matches_adapter_rule_and_ensemble_name():
     rule = rules["rules"]["custom"][0]
     assert rule["name"]["as"] == metric
     ensemble = VidclsConfig().serving.ensemble
-    assert f'model="{ensemble}"' in rule["metricsQuery"] and "nv_inference_queue_duration_us" in rule["seriesQuery"]
+    # The composing models' backlog: the ensemble's own queue time is ~0 by construction.
+    assert f'model!="{ensemble}"' in rule["metricsQuery"]
+    assert "nv_inference_pending_request_count" in rule["seriesQuery"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == _base()["deployment.yaml"][0]["metadata"]["name"]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import time
 import types
 
 import numpy as np
@@ -237,3 +238,38 @@ def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serv
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.server
+def test_liveness_by_inference_sees_a_dead_python_stub(cpu_repository, tmp_path_factory, tmp_path):
+    """/v2/health/live keeps answering OK when a python model's stub dies (the server does not
+    restart it); the liveness check of the deployment (an inference) fails, so the pod restarts."""
+    import os
+    import signal
+    import urllib.request
+
+    from tests.fixtures.serving import running_server
+    from vidcls.healthcheck import main as liveness
+
+    gen = running_server(cpu_repository, tmp_path_factory, name="liveness")
+    server = next(gen)
+    try:
+        video, url = str(tmp_path / "live.mp4"), f"http://{server.http_url}"
+        assert liveness(["--url", url, "--video", video]) == 0
+        stubs = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"triton_python_backend_stub") and any(b"video_probe" in c for c in cmd):
+                stubs.append(int(pid))
+        assert stubs, "no python stub of video_probe found"
+        for pid in stubs:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(2)
+        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=5) as r:
+            assert r.status == 200  # the server process still says it is alive
+        assert liveness(["--url", url, "--video", video, "--timeout", "20"]) == 1
+    finally:
+        gen.close()
