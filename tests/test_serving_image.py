@@ -64,7 +64,6 @@ def test_docs_name_the_release_and_its_components():
         assert si.TRITON_IMAGE in text, doc
         for component, version in si.versions().items():
             assert version in text, f"{doc}: {component} {version}"
-    assert "25.01" not in (ROOT / "docs" / "deployment.md").read_text()
 
 
 # ---- DALI: the generated dali.py, with the image's DALI -----------------------------------------
