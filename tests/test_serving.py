@@ -263,7 +263,11 @@ def test_liveness_by_inference_sees_a_dead_python_stub(cpu_repository, tmp_path_
             except OSError:
                 continue
             if cmd and cmd[0].endswith(b"triton_python_backend_stub") and any(b"video_probe" in c for c in cmd):
-                stubs.append(int(pid))
+                try:  # only this server's stubs (its process group), never another server's
+                    if os.getpgid(int(pid)) == server.pid:
+                        stubs.append(int(pid))
+                except ProcessLookupError:
+                    pass
         assert stubs, "no python stub of video_probe found"
         for pid in stubs:
             os.kill(pid, signal.SIGKILL)
