@@ -27,10 +27,31 @@ BACKBONE_DIMS: dict[str, int] = {
     "resnet101": 2048,
     "tiny": 128,
 }
+# Features computed outside vidcls (a reference project's feature file, another extractor): any
+# width, known only from the files. Training and evaluation read them; extraction and export
+# refuse this backbone, since vidcls cannot compute such features from video.
+EXTERNAL_BACKBONE = "external"
 
 CLASSES: tuple[str, ...] = ("Animation", "Flat_Content", "Gaming", "Natural_Content")
 TTA_VIEWS: tuple[str, ...] = ("original", "reverse", "speed_up", "speed_down")
 BACKBONE_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+
+# A model repository carries its VidclsConfig as this JSON file at its root; each python model's
+# config.pbtxt may name another one (relative to the model's folder) in this parameter.
+REPOSITORY_CONFIG_FILE = "vidcls_config.json"
+CONFIG_PARAMETER = "vidcls_config"
+
+
+def backbones_for_width(feature_dim: int) -> list[str]:
+    """The backbones that give ``feature_dim``-d features, preferred first (BACKBONE_DIMS order:
+    efficientnet_v2_s before efficientnet_v2_m, resnet50 before resnet101)."""
+    return [name for name, dim in BACKBONE_DIMS.items() if dim == feature_dim]
+
+
+def default_backbone_weights(backbone: str) -> str:
+    """``none`` for the tiny CNN (random init: it has no ImageNet weights), else ``imagenet``
+    (external features included: the reference project's came from ImageNet CNNs)."""
+    return "none" if backbone == "tiny" else "imagenet"
 
 
 @dataclass(frozen=True)
@@ -205,9 +226,13 @@ class VidclsConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONE_DIMS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONE_DIMS)}")
-        if self.temporal.feature_dim != BACKBONE_DIMS[self.backbone]:
+        if self.backbone == EXTERNAL_BACKBONE:
+            if self.temporal.feature_dim < 1:
+                raise ValueError("temporal.feature_dim must be >= 1")
+        elif self.backbone not in BACKBONE_DIMS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from "
+                             f"{sorted(BACKBONE_DIMS) + [EXTERNAL_BACKBONE]}")
+        elif self.temporal.feature_dim != BACKBONE_DIMS[self.backbone]:
             raise ValueError(
                 f"temporal.feature_dim={self.temporal.feature_dim} does not match backbone "
                 f"{self.backbone} ({BACKBONE_DIMS[self.backbone]}-d); use VidclsConfig.for_backbone()"
@@ -226,7 +251,7 @@ class VidclsConfig:
     # ---- derived numbers -------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return BACKBONE_DIMS[self.backbone]
+        return self.temporal.feature_dim  # checked against the backbone's width in __post_init__
 
     @property
     def num_classes(self) -> int:
@@ -260,6 +285,15 @@ class VidclsConfig:
     def view_tensor(self, view: str) -> str:
         return f"{self.serving.view_prefix}{view.upper()}"
 
+    def average_input(self, model: str, view: str) -> str:
+        """The ensemble tensor (and ensemble_average input) carrying ``model``'s probabilities
+        for ``view``."""
+        return f"{self.serving.probs}_{model}_{view.upper()}"
+
+    def average_inputs(self) -> list[str]:
+        """ensemble_average's inputs: every temporal model's views, model by model."""
+        return [self.average_input(m, v) for m in self.temporal_model_names() for v in self.tta_views]
+
     @property
     def backbone_onnx_file(self) -> str:
         """The backbone graph a repository serves: model.onnx (FP32) or model_int8.onnx (QDQ INT8,
@@ -268,13 +302,26 @@ class VidclsConfig:
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def for_backbone(cls, backbone: str, **overrides: Any) -> "VidclsConfig":
-        """A config for ``backbone`` with temporal.feature_dim set to match it."""
+    def for_backbone(cls, backbone: str, feature_dim: int | None = None, **overrides: Any) -> "VidclsConfig":
+        """A config for ``backbone`` with temporal.feature_dim set to match it (``feature_dim``
+        gives the width of an :data:`EXTERNAL_BACKBONE`)."""
         temporal = overrides.pop("temporal", TemporalConfig())
         if isinstance(temporal, Mapping):
             temporal = TemporalConfig(**temporal)
-        temporal = dataclasses.replace(temporal, feature_dim=BACKBONE_DIMS[backbone])
+        if backbone != EXTERNAL_BACKBONE:
+            feature_dim = BACKBONE_DIMS[backbone]
+        elif feature_dim is None:
+            raise ValueError(f"backbone {EXTERNAL_BACKBONE!r} needs the feature width")
+        temporal = dataclasses.replace(temporal, feature_dim=int(feature_dim))
         return cls(backbone=backbone, temporal=temporal, **overrides)
+
+    @classmethod
+    def for_features(cls, feature_dim: int, **overrides: Any) -> "VidclsConfig":
+        """A config for features of width ``feature_dim`` whose backbone nothing records (the
+        reference project's files): the preferred backbone of that width, else
+        :data:`EXTERNAL_BACKBONE`."""
+        known = backbones_for_width(feature_dim)
+        return cls.for_backbone(known[0] if known else EXTERNAL_BACKBONE, feature_dim, **overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "VidclsConfig":
@@ -328,6 +375,11 @@ class VidclsConfig:
         return cls.from_json(Path(path).read_text())
 
 
+# Named configurations for the commands that take --preset: default = the numbers above, tiny =
+# the tests', demo = 64 frames of 256 px with the tiny CNN.
+PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
+
+
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
     """Rebuild a (nested) frozen dataclass from plain JSON data; lists become tuples.
 
@@ -349,5 +401,3 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
             kwargs[name] = value
     return cls(**kwargs)
 
-
-DEFAULT = VidclsConfig()

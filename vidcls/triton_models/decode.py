@@ -31,7 +31,7 @@ class DecodeModel(BatchedModel):
                               limits=cfg.limits)  # the decoder's picture-size bound (issue 6)
                 for video, indices in zip(rows(item[s.video]), rows(item[s.frame_indices]))
             ]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # this request's error, not the batch's
             return exc
         # One video per request is the usual case: add the batch axis as a view, not a copy.
         return {self.output: frames[0][None] if len(frames) == 1 else np.stack(frames)}

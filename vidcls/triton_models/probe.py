@@ -28,6 +28,6 @@ class ProbeModel(BatchedModel):
         try:
             out = [sample_indices(probe(v, self.config.limits).num_frames, self.config.num_frames)
                    for v in rows(videos)]
-        except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
+        except Exception as exc:  # this request's error, not the batch's
             return exc
         return {self.output: np.stack(out).astype(np.int32)}
