@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (ENVIRONMENT.md);
+# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36;
 # it lives in its own venv so the project keeps a current tritonclient.
 tools: $(PERF_STAMP)
 

@@ -16,7 +16,7 @@ import torch
 
 from vidcls.checkpoint import load_model
 from vidcls.cli import main
-from vidcls.config import TemporalConfig
+from vidcls.config import TemporalConfig, VidclsConfig
 from vidcls.models.backbone import build_backbone
 from vidcls.models.temporal import SuperEnhancedTemporalModel, config_dict
 from vidcls.training.import_checkpoint import CheckpointImportError, import_checkpoint
@@ -296,8 +296,14 @@ def test_any_width_from_files_is_usable(tmp_path, capsys):
         _reference_feature_file(feats / f"{split}_features_multiscale.h5", 64, seed=seed)
     assert main(["evaluate", str(feats), str(tmp_path / "ck"), "--out", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["ensemble_tta"]["accuracy"] >= 0
-    assert main(["train", str(feats), str(tmp_path / "trained"), "--models", "1", "--epochs", "1",
-                 "--no-progress"]) == 0
+    from vidcls.training.features_h5 import read_features
+
+    found = read_features(feats / "train_features_multiscale.h5").config  # the file alone: any width
+    assert (found.backbone, found.feature_dim) == ("external", 64)
+    small = VidclsConfig.for_backbone("external", 64, temporal=odd)  # a small model: the test is about widths
+    small.save(tmp_path / "small.json")
+    assert main(["train", str(feats), str(tmp_path / "trained"), "--config", str(tmp_path / "small.json"),
+                 "--models", "1", "--epochs", "1", "--no-progress"]) == 0
     assert load_model(tmp_path / "trained" / "model_0")[1].feature_dim == 64
     capsys.readouterr()
     assert main(["export", str(tmp_path / "ck"), str(tmp_path / "repo"), "--target", "cpu"]) == 2

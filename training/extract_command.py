@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="folder for {split}_features_multiscale.h5 (+ {split}_errors.jsonl)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to extract (missing ones are skipped)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="config preset: default = DESIGN numbers, tiny = tests, demo = 64 frames/256px + tiny CNN")
+                        help="config preset: default = the production numbers, tiny = tests, demo = 64 frames/256px + tiny CNN")
     parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON file (overrides --preset)")
     parser.add_argument("--backbone", choices=sorted(BACKBONE_DIMS), default=None, help="override the config's backbone")
     parser.add_argument("--weights", default=None,

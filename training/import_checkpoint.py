@@ -349,7 +349,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"is {EXTERNAL_BACKBONE!r}: features from files only)")
     parser.add_argument("--backbone-weights", default=None,
                         help="recorded for extraction and export (default: none for tiny, else imagenet)")
-    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON for the other settings (default: DESIGN defaults)")
+    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON for the other settings (default: the production defaults)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """``vidcls train FEATURES OUT``: Stage 2, one temporal model or an ensemble, on feature files.
 
-The defaults are the reference recipe (DESIGN.md 1.4): AdamW, CosineAnnealingWarmRestarts stepped
+The defaults are the reference project's recipe: AdamW, CosineAnnealingWarmRestarts stepped
 per batch, focal loss (gamma 2, label smoothing 0.1, per-class alpha), class-balanced sampling,
 gradient clipping, three sequence augmentations, early stopping on validation accuracy and the
 best checkpoint by validation accuracy. Deviations are opt-in flags.
