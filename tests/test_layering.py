@@ -7,7 +7,8 @@
   time: the serving image and ``pip install vidcls[client]`` have none. (A core helper may import
   torch inside a function that only a torch tensor reaches: ``vidcls.sampling`` does.)
 - export does not reach into the python-backend models (shared names live in the config, the
-  ONNX Runtime helpers in ``vidcls.ort``), and no two modules import each other, however indirectly.
+  ONNX Runtime helpers in ``vidcls.ort``), and no two modules import each other, however indirectly;
+- library code logs or returns: ``print`` only in the program and the commands.
 """
 
 from __future__ import annotations
@@ -146,3 +147,30 @@ def test_no_import_cycles():
 
 def _cycle_members(name: str) -> set[str]:
     return {m for m in _closure(name) if name in _closure(m)} | {name}
+
+
+# Where printing is the job: the program itself, each command's run()/main() (and what they nest),
+# and command modules (training/*_command.py). Everything else logs or returns.
+def _prints_outside_commands(name: str) -> list[str]:
+    path = MODULES[name]
+    if _layer(name) == "vidcls.cli" or path.stem.endswith("_command"):
+        return []
+    found = []
+
+    def walk(node, inside_command: bool):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                walk(child, inside_command or child.name in ("run", "main"))
+                continue
+            if (not inside_command and isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
+                    and child.func.id == "print"):
+                found.append(f"{path.relative_to(ROOT)}:{child.lineno}")
+            walk(child, inside_command)
+
+    walk(ast.parse(path.read_text()), False)
+    return found
+
+
+def test_library_code_logs_instead_of_printing():
+    bad = [hit for name in MODULES for hit in _prints_outside_commands(name)]
+    assert not bad, bad
