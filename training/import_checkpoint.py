@@ -85,12 +85,14 @@ def read_reference(file: str | Path) -> dict:
         raise CheckpointImportError(f"{file}: no such file")
     if file.stat().st_size == 0:
         raise CheckpointImportError(f"{file}: the file is empty")
-    _check_archive(file)
     with open(file, "rb") as f:
         head = f.read(16)
-    if head[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(file):
+    is_zip = zipfile.is_zipfile(file)
+    if head[:4] == b"PK\x03\x04" and not is_zip:
         raise CheckpointImportError(f"{file}: truncated or damaged: a zip archive without its end (central directory)")
-    if not zipfile.is_zipfile(file) and head[:1] != b"\x80":  # torch.save writes a zip or a protocol-2 pickle
+    if is_zip:
+        _check_archive(file)
+    elif head[:1] != b"\x80":  # torch.save writes a zip or (its older format) a protocol-2 pickle
         if len(head) >= 9 and head[8:9] == b"{":
             raise CheckpointImportError(f"{file}: a safetensors file, not a reference checkpoint (our own "
                                         "checkpoints are folders that evaluate and export read as they are)")
@@ -107,9 +109,8 @@ def read_reference(file: str | Path) -> dict:
 
 def _check_archive(file: Path) -> None:
     """torch.save's zip format stores a CRC-32 of every record, but torch.load does not check them:
-    a flipped bit in a tensor would load as a wrong weight. Check them all first (~1 GB/s)."""
-    if not zipfile.is_zipfile(file):
-        return  # the legacy format carries no checksums; a truncated zip fails in torch.load
+    a flipped bit in a tensor would load as a wrong weight. Check them all first (~1 GB/s). (The
+    older non-zip format carries no checksums.)"""
     try:
         with zipfile.ZipFile(file) as archive:
             bad = archive.testzip()
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         targets = import_checkpoints(args.files, args.out, args.backbone, args.backbone_weights, base)
-    except CheckpointImportError as exc:
+    except (CheckpointImportError, OSError) as exc:  # OSError: --out not writable, a full disk, ...
         print(f"error: {exc}; nothing was written", file=sys.stderr)
         return 1
     print(f"{len(targets)} checkpoint(s) in {args.out}")
