@@ -11,7 +11,7 @@ PERF_VENV := .tools/perf
 PERF_STAMP := $(PERF_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test test-fast bench clean configs constraints
+.PHONY: setup tools demo lint test test-fast bench clean configs constraints
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (ENVIRONMENT.md);
+# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36;
 # it lives in its own venv so the project keeps a current tritonclient.
 tools: $(PERF_STAMP)
 
@@ -36,10 +36,14 @@ $(PERF_STAMP): Makefile constraints-perf.txt
 demo: setup
 	$(VENV)/bin/vidcls demo
 
-test: setup tools
+# The linter (rules in pyproject.toml: mistakes, not style) runs before every test run.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: lint
 	$(VENV)/bin/python -m pytest -m "not server and not slow" $(PYTEST_ARGS)
 
 # Regenerate the checked-in gpu model repository configs from the config object.

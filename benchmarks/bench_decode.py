@@ -24,7 +24,7 @@ from vidcls.sampling import sample_indices
 from vidcls.video import decode_frames, probe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import VP9_FAST, encode_once, panning_frames  # noqa: E402  (the benchmarks' inputs)
+from bench_serving import VP9_FAST, encode_once, panning_frames
 
 # name, frames, size, codec, encoder options: a short clip (as in the tests and bench_pipeline)
 # and long files (6 min at 25 fps; 3 min for VP9) with a 2 s GOP (streaming/camera style) and with

@@ -46,7 +46,7 @@ import numpy as np
 from vidcls.config import VidclsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames,  # noqa: E402
+from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames,
                            run_load)  # same checkpoints, inputs and load loop
 
 # Serving settings before issue 7 (what the code did: every session ORT defaults, spinning on).
@@ -352,7 +352,7 @@ def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps:
 def backbone_standalone(config: VidclsConfig, model: Path, frames: np.ndarray, reps: int) -> dict:
     """The same ONNX file with the same session settings the served model uses, in this process."""
     from vidcls.ort import make_session
-    from vidcls.triton_models.base import chunked_run
+    from vidcls.ort import chunked_run
     from vidcls.triton_models.onnx_models import session_threads
 
     s = config.serving

@@ -47,8 +47,8 @@ import numpy as np
 from vidcls.config import VidclsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import make_videos  # noqa: E402
-from bench_serving import make_checkpoints  # noqa: E402
+from bench_pipeline import make_videos
+from bench_serving import make_checkpoints
 
 
 def log(msg: str) -> None:
@@ -112,7 +112,7 @@ def temporal_both_ways(onnx_path: Path, work: Path, config: VidclsConfig, repeat
     try:
         build_engine(onnx_path, plan, config, "temporal", check=False)
         trt_run = EngineRunner(plan)
-    except Exception as exc:  # noqa: BLE001 - reported: TensorRT may refuse the graph
+    except Exception as exc:  # reported: TensorRT may refuse the graph
         out["tensorrt_error"] = f"{type(exc).__name__}: {exc}"[:2000]
         trt_run = None
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -187,7 +187,7 @@ class Server:
                 with grpcclient.InferenceServerClient(self.url) as c:
                     if c.is_server_ready():
                         return self
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 pass
             time.sleep(2)
         raise RuntimeError(f"Triton not ready after 900 s; log: {self.logfile}")
@@ -272,7 +272,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-export", action="store_true", help="reuse --work/repo_gpu")
     args = parser.parse_args(argv)
 
+    from vidcls.cli import configure_logging
     from vidcls.export.repository import build_repository
+
+    configure_logging(verbose=True)  # the export's parity and TensorRT reports, row by row
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -287,7 +290,7 @@ def main(argv=None) -> int:
         log("2. gpu repository: FP16 backbone plan (parity-checked), temporal on " + temporal_backend)
         t0 = time.perf_counter()
         build_repository(checkpoints, repo, target="gpu", decode=args.decode, backend="tensorrt",
-                         temporal_backend=temporal_backend, config=base, verbose=True)
+                         temporal_backend=temporal_backend, config=base)
         report["export_s"] = time.perf_counter() - t0
     log("3. backbone engine alone")
     bb = backbone_engine_fps(repo / base.serving.backbone / "1" / "model.plan", base)

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     def stats() -> dict[str, Any] | None:
         try:
             return fetch_statistics(args.url, **tls)
-        except Exception as exc:  # noqa: BLE001 - statistics are a bonus; the sweep still counts
+        except Exception as exc:  # statistics are a bonus; the sweep still counts
             print(f"warning: statistics API: {exc}", file=sys.stderr)
             return None
 

@@ -146,7 +146,7 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
         t0 = time.perf_counter()
         try:
             pred = await infer_video(ep.client, data, req)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a record or a retry
+        except Exception as exc:  # every failure becomes a record or a retry
             kind, msg, status = error_kind(exc)
             if kind == "ambiguous":
                 # An error from a healthy server is about this input; from a dying one, it is not.
@@ -286,7 +286,7 @@ async def _close(fleet: Fleet) -> None:
     for ep in fleet.endpoints:
         try:
             await ep.client.close()
-        except Exception:  # noqa: BLE001 - closing a dead channel must not hide the result
+        except Exception:  # closing a dead channel must not hide the result
             pass
 
 

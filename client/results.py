@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 FORMATS = ("csv", "jsonl")
 
@@ -169,9 +169,3 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def iter_records(path: str | os.PathLike, fmt: str | None = None) -> Iterable[dict[str, Any]]:
-    """Read an output back (tests, the demo)."""
-    fmt = fmt or detect_format(str(path), None)
-    return list(load_done(path, fmt)[0].values())

@@ -22,7 +22,6 @@ re-expression) at every served length, so it also proves the re-expression equiv
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -35,7 +34,6 @@ from vidcls.export import parity
 from vidcls.models.backbone import FrameBackbone
 from vidcls.models.temporal import SuperEnhancedTemporalModel
 
-log = logging.getLogger(__name__)
 
 # 17: first opset with LayerNormalization (one fused node instead of ~10 primitive ones);
 # supported by ONNX Runtime >= 1.14 and TensorRT >= 8.6.
@@ -77,13 +75,12 @@ class ExportableTemporal(nn.Module):
 
 
 def export_temporal_onnx(model: SuperEnhancedTemporalModel, config: VidclsConfig, path: str | os.PathLike,
-                         opset: int | None = None, check: bool = True, verbose: bool = False) -> Path:
+                         opset: int | None = None, check: bool = True) -> Path:
     """Export ``model`` as ``config.serving.sequence`` float32 [B, L, D] → ``config.serving.probs`` [B, C].
 
     B and L are dynamic. With ``check`` (default) the graph is compared with PyTorch in ONNX
     Runtime at every length serving uses plus a few others (batch 1 and 3); on failure the file is
-    not written and :class:`~vidcls.export.parity.ParityError` is raised. The report is logged
-    (printed with ``verbose``).
+    not written and :class:`~vidcls.export.parity.ParityError` is raised. The report is logged.
     """
     cpu_model = _cpu_eval_copy(model)
     wrapper = ExportableTemporal(cpu_model).eval()
@@ -99,11 +96,11 @@ def export_temporal_onnx(model: SuperEnhancedTemporalModel, config: VidclsConfig
     def check_fn(tmp: Path):
         return parity.check_temporal(cpu_model, tmp, config)
 
-    return parity.write_checked(path, write, check_fn if check else None, verbose)
+    return parity.write_checked(path, write, check_fn if check else None)
 
 
 def export_backbone_onnx(backbone: FrameBackbone, config: VidclsConfig, path: str | os.PathLike,
-                         opset: int | None = None, check: bool = True, verbose: bool = False) -> Path:
+                         opset: int | None = None, check: bool = True) -> Path:
     """Export ``backbone`` as ``config.serving.frames`` uint8 [N, S, S, 3] → ``config.serving.features`` [N, D].
 
     N is dynamic, S = ``config.frame_size``. /255 and the ImageNet mean/std are inside the graph,
@@ -122,7 +119,7 @@ def export_backbone_onnx(backbone: FrameBackbone, config: VidclsConfig, path: st
     def check_fn(tmp: Path):
         return parity.check_backbone(cpu_backbone, tmp, config)
 
-    return parity.write_checked(path, write, check_fn if check else None, verbose)
+    return parity.write_checked(path, write, check_fn if check else None)
 
 
 def _cpu_eval_copy(module: nn.Module) -> nn.Module:

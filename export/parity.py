@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -197,21 +198,25 @@ def check_backbone(backbone, onnx_path, config: VidclsConfig, batches: Iterable[
                     config.serving.frames, lambda ref: max(float(np.max(np.abs(ref))), 1e-12))
 
 
-def write_checked(path, write, check_fn, verbose: bool = False):
+def write_checked(path, write, check_fn):
     """Write to a temporary name, check parity, then move into place: a failed check leaves nothing
-    at ``path`` that a model repository could pick up."""
+    at ``path`` that a model repository could pick up. Logs one line per file (INFO) and the
+    report's rows (DEBUG)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    start = time.perf_counter()
+    log.info("writing %s ...", path)
     try:
         write(tmp)
         if check_fn is not None:
             report = check_fn(tmp)
             report.name = str(path)  # the name it will have, not the temporary one
-            log.info("%s", report)
-            if verbose:
-                print(report)
+            log.info("%s [%.1f s]", str(report).splitlines()[0], time.perf_counter() - start)
+            log.debug("%s", report)
             report.raise_if_failed()
+        else:
+            log.info("wrote %s, unchecked [%.1f s]", path, time.perf_counter() - start)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

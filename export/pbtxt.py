@@ -15,9 +15,8 @@ ONNX Runtime's / TensorRT's first-run allocations and kernel selection.
 
 from __future__ import annotations
 
-from vidcls.config import VidclsConfig
+from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
 from vidcls.export.wiring import LABELS_FILE, Model, Tensor
-from vidcls.triton_models.base import CONFIG_FILENAME, CONFIG_PARAMETER
 
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "dali": "dali.py", "python": "model.py"}
 PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx"), "tensorrt": ("platform", "tensorrt_plan"),
@@ -115,7 +114,7 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     if warm:
         d["model_warmup"] = warm
     if model.kind == "python":
-        d["parameters"] = [{"key": CONFIG_PARAMETER, "value": {"string_value": f"../{CONFIG_FILENAME}"}}] + [
+        d["parameters"] = [{"key": CONFIG_PARAMETER, "value": {"string_value": f"../{REPOSITORY_CONFIG_FILE}"}}] + [
             {"key": k, "value": {"string_value": v}} for k, v in model.params]
     return d
 

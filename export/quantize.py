@@ -162,13 +162,14 @@ def feature_summary(report: parity.ParityReport, config: VidclsConfig) -> dict:
 
 
 def quantize_backbone(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
-                      videos: Iterable[str | os.PathLike], verbose: bool = False, check: bool = True,
+                      videos: Iterable[str | os.PathLike], check: bool = True,
                       reports: list | None = None) -> Path:
     """Calibrate on ``videos``, quantize, check; on a failed check nothing is written at ``int8_path``
     and :class:`~vidcls.export.parity.ParityError` is raised. ``check=False`` is for speed
     measurements only (benchmarks on random weights, where the check is not meaningful). The
     check's ParityReport is appended to ``reports`` when given."""
     videos = list(videos)
+    log.info("int8 calibration: decoding %d video(s)", len(videos))
     calib, check_frames = calibration_frames(videos, config)
     log.info("int8 calibration: %d frames, check: %d frames, from %d videos", len(calib), len(check_frames), len(videos))
 
@@ -179,7 +180,7 @@ def quantize_backbone(fp32_path: str | os.PathLike, int8_path: str | os.PathLike
         return report
 
     return parity.write_checked(Path(int8_path), lambda tmp: quantize_graph(fp32_path, tmp, config, calib),
-                                check_fn if check else None, verbose)
+                                check_fn if check else None)
 
 
 def prediction_agreement(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, config: VidclsConfig,
@@ -191,7 +192,7 @@ def prediction_agreement(fp32_path: str | os.PathLike, int8_path: str | os.PathL
 
     from vidcls.ort import make_session
     from vidcls.reference import ReferencePipeline
-    from vidcls.triton_models.base import chunked_run
+    from vidcls.ort import chunked_run
     from vidcls.video import VideoError, load_frames
 
     threads = parity.parity_threads()

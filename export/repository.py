@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from vidcls.config import VidclsConfig
-from vidcls.export.pbtxt import MODEL_FILES, header, labels_text, render
+from vidcls.config import PRESETS, REPOSITORY_CONFIG_FILE, VidclsConfig
+from vidcls.export.pbtxt import MODEL_FILES, labels_text, render
 from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model, check_wiring, pipeline
-from vidcls.triton_models.base import CONFIG_FILENAME
+
+log = logging.getLogger(__name__)
 
 VERSION = "1"
 
@@ -38,7 +40,6 @@ class ExportRefused(ValueError):
     """A request the export cannot honour: the CLI prints it as one line and exits with 2."""
 
 KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git keeps no empty folders)
-PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
 
 def export_command(target: str, decode: str, backend: str, configs_only: bool,
@@ -61,7 +62,7 @@ def shim_text(model: Model, command: str) -> str:
 def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo: str | Path,
                      target: str = "gpu", decode: str | None = None, backend: str = "onnxruntime",
                      backbone_weights: str | None = None, configs_only: bool = False,
-                     config: VidclsConfig | None = None, verbose: bool = False,
+                     config: VidclsConfig | None = None,
                      temporal_backend: str | None = None,
                      int8_calibration: Sequence[str | Path] | None = None) -> Path:
     """Write the repository for ``target`` into ``repo``; returns ``repo``.
@@ -88,6 +89,7 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         config = (config or ck_config).replace(num_models=len(models))
         weights = backbone_weights or metas[0].get("backbone_weights", "none")
         backbone = build_backbone(config, weights)
+        log.info("%d checkpoint(s), %s backbone (weights: %s)", len(models), config.backbone, weights)
     if int8_calibration:
         config = config.replace(serving=dataclasses.replace(config.serving, backbone_precision="int8"))
     if target == "gpu" and config.serving.backbone_precision == "int8":
@@ -106,12 +108,12 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
 
     repo.mkdir(parents=True, exist_ok=True)
     _remove_stale_models(repo, {m.name for m in specs})
-    config.save(repo / CONFIG_FILENAME)
+    config.save(repo / REPOSITORY_CONFIG_FILE)
     for spec in specs:
         _write_model(repo, spec, config, target, command)
 
     if not configs_only:
-        _write_weights(repo, specs, config, target, backbone, models, verbose, int8_calibration)
+        _write_weights(repo, specs, config, target, backbone, models, int8_calibration)
     validate_repository(repo, require_weights=not configs_only)
     return repo
 
@@ -151,7 +153,7 @@ def _write_dali(path: Path, config: VidclsConfig, batch_size: int, command: str)
     write_autoserialize(config, path, batch_size, command=command)
 
 
-def _write_weights(repo, specs, config, target, backbone, models, verbose, int8_calibration=None) -> None:
+def _write_weights(repo, specs, config, target, backbone, models, int8_calibration=None) -> None:
     from vidcls.export.onnx_export import export_backbone_onnx, export_temporal_onnx
 
     by_role = {}
@@ -161,17 +163,17 @@ def _write_weights(repo, specs, config, target, backbone, models, verbose, int8_
     bb_dir = repo / bb.name / VERSION
     int8 = config.serving.backbone_precision == "int8"
     if bb.kind == "python":  # cpu: the python model feeds ONNX Runtime [N, S, S, 3] frames directly
-        export_backbone_onnx(backbone, config, bb_dir / "model.onnx", verbose=verbose)
+        export_backbone_onnx(backbone, config, bb_dir / "model.onnx")
         if int8:
-            _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration, verbose,
+            _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration,
                       models)
     else:  # Triton's own backends see the request's batch axis: [B, T, S, S, 3] → [B, T, D]
         flat, flat_int8 = bb_dir / ".frames.onnx", bb_dir / ".frames_int8.onnx"
-        export_backbone_onnx(backbone, config, flat, verbose=verbose)
+        export_backbone_onnx(backbone, config, flat)
         try:
             add_video_axis(flat, bb_dir / "model.onnx", config)
             if int8:  # quantized (and checked) as the frames graph, like the cpu target's
-                _quantize(flat, flat_int8, config, int8_calibration, verbose, models)
+                _quantize(flat, flat_int8, config, int8_calibration, models)
                 add_video_axis(flat_int8, bb_dir / config.backbone_onnx_file, config)
         finally:
             flat.unlink(missing_ok=True)
@@ -182,7 +184,7 @@ def _write_weights(repo, specs, config, target, backbone, models, verbose, int8_
             (bb_dir / "model.onnx").unlink(missing_ok=True)  # int8: the FP32 graph it came from
     for spec, model in zip(by_role["temporal"], models):
         out = repo / spec.name / VERSION / "model.onnx"
-        export_temporal_onnx(model, config, out, verbose=verbose)
+        export_temporal_onnx(model, config, out)
         if spec.kind == "tensorrt":
             _build_plan(out, out.with_name(MODEL_FILES["tensorrt"]), config, "temporal")
     for spec in specs:
@@ -199,9 +201,9 @@ def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: st
 INT8_REPORT = "int8_report.json"
 
 
-def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose: bool, models) -> None:
+def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, models) -> None:
     """Quantize + check (raises when the check fails), then write what INT8 changes, for the
-    record, into ``backbone/1/int8_report.json`` and print its summary."""
+    record, into ``backbone/1/int8_report.json`` and log its summary."""
     import json
 
     from vidcls.client.inputs import collect_inputs
@@ -211,15 +213,16 @@ def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose:
     if not videos:
         raise ValueError(f"no video files found in --int8-calibration {list(map(str, calibration))}")
     reports: list = []
-    quantize_backbone(fp32, out, config, videos, verbose=verbose, reports=reports)
+    quantize_backbone(fp32, out, config, videos, reports=reports)
     agreement = prediction_agreement(fp32, out, config, models, videos)
     report = {"features": feature_summary(reports[0], config), "predictions": agreement}
     target = out.parent / INT8_REPORT
     target.write_text(json.dumps(report, indent=2) + "\n")
     f, a = report["features"], agreement
-    print(f"INT8 backbone: feature cosine vs FP32 worst {f['worst_cosine']:.4f}, mean {f['mean_cosine']:.4f} "
-          f"({f['check_frames']} frames); ensemble top-1 agrees on {a['top1_agree']}/{a['videos']} calibration "
-          f"videos, max |probability difference| {a['max_abs_prob_diff']:.3g} ({target})")
+    log.info("INT8 backbone: feature cosine vs FP32 worst %.4f, mean %.4f (%d frames); ensemble top-1 "
+             "agrees on %d/%d calibration videos, max |probability difference| %.3g (%s)",
+             f["worst_cosine"], f["mean_cosine"], f["check_frames"], a["top1_agree"], a["videos"],
+             a["max_abs_prob_diff"], target)
 
 
 def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Path:
@@ -274,19 +277,30 @@ def load_configs(repo: str | Path) -> dict:
     return configs
 
 
+def python_weight_files(role: str, config: VidclsConfig) -> list[str]:
+    """The graph a python-backend model of ``role`` opens besides its model.py (the cpu target's
+    ONNX Runtime runners); the other python steps need none."""
+    if role == "backbone":
+        return [config.backbone_onnx_file]  # model_int8.onnx when the backbone is INT8
+    return [MODEL_FILES["onnxruntime"]] if role == "temporal" else []
+
+
 def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
     """Parse every config, check the ensemble wiring and that each model has its files."""
     repo = Path(repo)
     configs = load_configs(repo)
-    backbone_file = VidclsConfig.load(repo / CONFIG_FILENAME).backbone_onnx_file \
-        if (repo / CONFIG_FILENAME).exists() else "model.onnx"
     if not configs:
         raise ValueError(f"{repo} holds no config.pbtxt")
     check_wiring(configs)
     _check_backend_contract(repo, configs)
     missing = []
-    if not (repo / CONFIG_FILENAME).exists():
-        missing.append(CONFIG_FILENAME)
+    if (repo / REPOSITORY_CONFIG_FILE).exists():
+        config = VidclsConfig.load(repo / REPOSITORY_CONFIG_FILE)
+    else:
+        missing.append(REPOSITORY_CONFIG_FILE)
+        config = VidclsConfig()
+    # Model name → role (probe, backbone, temporal, ...): the same for every target and backend.
+    roles = {spec.name: spec.role for spec in pipeline(config)}
     for name, cfg in configs.items():
         version = repo / name / VERSION
         if not version.is_dir():
@@ -296,12 +310,9 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
             if out.label_filename and not (repo / name / out.label_filename).exists():
                 missing.append(f"{name}/{out.label_filename}")
         if cfg.backend == "python":
-            needed = ["model.py"]
-            shim = (version / "model.py").read_text() if (version / "model.py").exists() else ""
-            if require_weights and "onnx_models" in shim:
-                needed.append("model.onnx")
-                if "BackboneModel" in shim and backbone_file not in needed:
-                    needed.append(backbone_file)
+            needed = [MODEL_FILES["python"]]
+            if require_weights:
+                needed += python_weight_files(roles.get(name, ""), config)
         elif cfg.platform == "ensemble":
             needed = []
         elif cfg.backend == "dali":
@@ -354,7 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-calibration", nargs="+", default=None, metavar="VIDEOS",
                         help="opt-in INT8 backbone: calibrate on these videos (files or folders) and "
                              "serve the quantized graph if its features pass the cosine check")
-    parser.add_argument("--verbose", action="store_true", help="print the ONNX parity reports")
+    parser.add_argument("--verbose", action="store_true", help="also show each parity check's rows")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -369,12 +380,14 @@ def run(args: argparse.Namespace) -> int:
             print("error: give CHECKPOINTS... REPO", file=sys.stderr)
             return 2
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
+    from vidcls.models.backbone import BackboneUnavailable
+
     try:
         build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
                          backbone_weights=args.backbone_weights, configs_only=args.configs_only,
-                         config=config, verbose=args.verbose, temporal_backend=args.temporal_backend,
+                         config=config, temporal_backend=args.temporal_backend,
                          int8_calibration=args.int8_calibration)
-    except ExportRefused as exc:
+    except (BackboneUnavailable, ExportRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.target} repository {repo}")

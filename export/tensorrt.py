@@ -147,7 +147,7 @@ def ort_cuda_accelerator() -> list[tuple[str, dict[str, str]]]:
 
 def _import_tensorrt():
     try:
-        import tensorrt as trt  # noqa: F401
+        import tensorrt as trt
     except ImportError as exc:
         raise TensorRTUnavailable(
             "TensorRT is not installed: `pip install vidcls[gpu]` (tensorrt>=10) on a machine with an "
@@ -157,8 +157,7 @@ def _import_tensorrt():
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, config: VidclsConfig,
-                 role: str, fp16: bool = True, check: bool = True, verbose: bool = False,
-                 int8: bool = False) -> Path:
+                 role: str, fp16: bool = True, check: bool = True, int8: bool = False) -> Path:
     """Build a serialized TensorRT engine (``model.plan``) from an exported ONNX graph.
 
     FP16 with FP32 fallback where TensorRT decides (and LayerNorm kept in FP32), workspace
@@ -193,7 +192,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     rank = len(onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim)
-    logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
+    log.info("building a TensorRT engine from %s (%s)", onnx_path, role)
+    # TensorRT's own log follows ours: its INFO lines with --verbose (DEBUG), else warnings only.
+    logger = trt.Logger(trt.Logger.INFO if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
     parser = trt.OnnxParser(network, logger)
@@ -217,7 +218,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
     return parity.write_checked(
         plan_path, lambda tmp: tmp.write_bytes(bytes(serialized)),
-        (lambda tmp: check_engine(tmp, onnx_path, config, role)) if check else None, verbose)
+        (lambda tmp: check_engine(tmp, onnx_path, config, role)) if check else None)
 
 
 class EngineRunner:

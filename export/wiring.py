@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vidcls.config import VidclsConfig
-from vidcls.triton_models.average import input_name as average_input
-from vidcls.triton_models.probe import DECODER_PARAMETER
+from vidcls.config import DECODER_PARAMETER, VidclsConfig
 
 TARGETS = ("gpu", "cpu")
 DECODERS = ("dali", "cpu")
@@ -100,8 +98,7 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     probs = Tensor(s.probs, "TYPE_FP32", (C,))
     probabilities = Tensor(s.probabilities, "TYPE_FP32", (C,), label_filename=LABELS_FILE)
     class_name = Tensor(s.class_name, "TYPE_STRING", (1,))
-    avg_inputs = tuple(Tensor(average_input(config, m, v), "TYPE_FP32", (C,))
-                       for m in config.temporal_model_names() for v in config.tta_views)
+    avg_inputs = tuple(Tensor(name, "TYPE_FP32", (C,)) for name in config.average_inputs())
 
     models = [
         # The probe learns which decoder follows it: with DALI it also applies serving.dali_codecs/_containers.
@@ -130,7 +127,7 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     for name in config.temporal_model_names():
         for view in config.tta_views:
             steps.append(Step(name, io((s.sequence, config.view_tensor(view))),
-                              io((s.probs, average_input(config, name, view)))))
+                              io((s.probs, config.average_input(name, view)))))
     steps.append(Step(s.average, tuple((t.name, t.name) for t in avg_inputs),
                       io((s.probabilities, s.probabilities), (s.class_name, s.class_name))))
     ensemble_batch = min(m.max_batch_size for m in models)  # Triton: at most each step's

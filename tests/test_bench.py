@@ -78,7 +78,9 @@ def test_command_and_csv(tmp_path):
 
 
 def _model(name, requests, executions, queue_ns, infer_ns, batch_ns):
-    s = lambda ns, n: {"count": str(n), "ns": str(ns)}
+    def s(ns, n):
+        return {"count": str(n), "ns": str(ns)}
+
     return {"name": name, "version": "1", "inference_count": str(requests), "execution_count": str(executions),
             "inference_stats": {"success": s(0, requests), "queue": s(queue_ns, requests),
                                 "compute_infer": s(infer_ns, requests)},

@@ -251,9 +251,10 @@ def test_shared_memory_gives_identical_results(triton_server, client_videos, tmp
     paths = [str(p) for p in client_videos["good"]] + [str(client_videos["fake"])]
     plain = classify_paths(paths, triton_server.grpc_url, output=str(tmp_path / "plain.csv"), progress=False)
     shm = classify_paths(paths, triton_server.grpc_url, output=str(tmp_path / "shm.csv"), shm=True, progress=False)
-    strip = lambda rows: sorted((r["path"], r["class"], *(r[c] for c in ("Animation", "Flat_Content", "Gaming",
-                                                                          "Natural_Content")), r["error"])
-                                for r in rows)
+    def strip(rows):
+        return sorted((r["path"], r["class"], *(r[c] for c in ("Animation", "Flat_Content", "Gaming",
+                                                               "Natural_Content")), r["error"]) for r in rows)
+
     assert strip(shm.records) == strip(plain.records)
     assert shm.classified == 3 and shm.failed == 1
     # Every region was unregistered again.
@@ -312,7 +313,7 @@ def test_survives_server_restart(spare_server, many_videos, tmp_path):
             result["summary"] = classify_paths(
                 [str(p) for p in many_videos], spare_server.grpc_url, output=str(out), concurrency=2,
                 progress=False, retries=1000, retry_timeout=240, backoff=0.25, backoff_max=2.0)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             result["error"] = exc
 
     client = threading.Thread(target=run_client, daemon=True)

@@ -18,12 +18,12 @@ import pytest
 
 pytest.importorskip("nvidia.dali")
 
-from vidcls.config import VidclsConfig  # noqa: E402
-from vidcls.export.dali_pipeline import build_pipeline, run_pipeline, serialize_pipeline  # noqa: E402
-from vidcls.sampling import sample_indices  # noqa: E402
-from vidcls.video import decode_frames, encode_video, probe  # noqa: E402
+from vidcls.config import VidclsConfig
+from vidcls.export.dali_pipeline import build_pipeline, run_pipeline, serialize_pipeline
+from vidcls.sampling import sample_indices
+from vidcls.video import decode_frames, encode_video, probe
 
-from tests.fixtures.videos import moving_frames  # noqa: E402
+from tests.fixtures.videos import moving_frames
 
 MEAN_ABS_TOL = 6.0
 MEAN_SIGNED_TOL = 2.5

@@ -269,7 +269,7 @@ def _json_patch(doc: dict, ops: list[dict]) -> dict:
             del parent[key]
         elif op["op"] in ("add", "replace"):
             if op["op"] == "replace":
-                parent[key]  # noqa: B018 - replace needs an existing target
+                parent[key]  # replace needs an existing target
             parent[key] = op["value"]
         else:
             raise AssertionError(f"unsupported op {op['op']}")

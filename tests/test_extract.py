@@ -14,7 +14,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from vidcls.cli import main
 from vidcls.config import VidclsConfig
@@ -157,9 +156,10 @@ def test_killed_process_resumes(tmp_path, synth_videos, tiny_config):
     data = _subset(synth_videos, tmp_path / "data")
     cmd = [sys.executable, "-m", "vidcls.cli", "extract", str(data), str(tmp_path / "out"),
            "--preset", "tiny", "--splits", "train", "--verbose", "--no-progress", "--threads", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    # --verbose: one "done <id>" line per committed video, on stderr with the other progress lines
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
     done = 0
-    for line in proc.stdout:
+    for line in proc.stderr:
         done += line.startswith("done ")
         if done == 3:
             os.kill(proc.pid, signal.SIGKILL)

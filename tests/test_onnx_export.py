@@ -146,6 +146,7 @@ def test_session_providers_resolve_and_missing_gpu_is_an_error(tiny_config, tmp_
         make_session(path, providers=["cuda"])
 
 
+@pytest.mark.slow
 def test_default_size_temporal_model_at_served_lengths(tmp_path):
     """The production temporal model (65M parameters) at L = 36, 73, 109, batch 1."""
     config = VidclsConfig()

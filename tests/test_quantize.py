@@ -131,9 +131,9 @@ def int8_repository(tiny_checkpoints, calibration_dir, tmp_path_factory):
 
 def test_int8_repository_is_complete(int8_repository):
     from vidcls.export.repository import validate_repository
-    from vidcls.triton_models.base import CONFIG_FILENAME
+    from vidcls.config import REPOSITORY_CONFIG_FILE
 
-    config = VidclsConfig.load(int8_repository / CONFIG_FILENAME)
+    config = VidclsConfig.load(int8_repository / REPOSITORY_CONFIG_FILE)
     assert config.serving.backbone_precision == "int8"
     bb = int8_repository / config.serving.backbone / "1"
     assert (bb / "model.onnx").exists() and (bb / "model_int8.onnx").exists()

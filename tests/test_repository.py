@@ -223,3 +223,22 @@ def test_gpu_temporal_backend_choice(tmp_path):
     assert [a.name for a in accel.gpu_execution_accelerator] == ["tensorrt"]
     with pytest.raises(ValueError, match="temporal_backend"):
         build_repository(None, tmp_path / "bad", target="gpu", temporal_backend="tflite", configs_only=True)
+
+
+
+def test_export_reports_progress_through_the_program(tiny_checkpoints, serving_config, tmp_path, capsys):
+    """One line per step on stderr (each written graph, its parity check and time); the result on
+    stdout; with --verbose each check's rows too."""
+    from vidcls.cli import main
+
+    graphs = 1 + serving_config.num_models  # the backbone and each temporal model
+    for verbose in (False, True):
+        repo = tmp_path / f"verbose_{verbose}"
+        assert main(["export", str(tiny_checkpoints), str(repo), "--target", "cpu"]
+                    + ["--verbose"] * verbose) == 0
+        out, err = capsys.readouterr()
+        assert out.strip() == f"wrote cpu repository {repo}"
+        lines = err.splitlines()
+        assert sum(ln.startswith("parity ") and " -> OK " in ln and ln.endswith(" s]") for ln in lines) == graphs
+        assert sum(ln.startswith("writing ") for ln in lines) == graphs
+        assert (err.count("max_abs_diff") >= graphs) == verbose  # the rows are detail

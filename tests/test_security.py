@@ -1,10 +1,10 @@
-"""Security defaults (issue 6 item 5) not covered elsewhere.
+"""Security defaults not covered elsewhere.
 
 - ``vidcls serve`` / TritonServer bind to 127.0.0.1 unless told otherwise, and the running server
   listens on loopback only;
 - model control mode stays ``none``: remote load/unload is refused over HTTP and gRPC;
-- nothing is unpickled implicitly: ``torch.load`` only with ``weights_only=True`` (except the
-  explicit ``import-checkpoint`` command, which also demands ``trust_pickle``), no ``pickle`` /
+- nothing is ever fully unpickled: ``torch.load`` only with ``weights_only=True`` (the reference
+  checkpoint import too; its own tests are in tests/test_import_checkpoint.py), no ``pickle`` /
   ``dill`` / ``joblib`` / ``np.load(allow_pickle=True)`` anywhere, and a booby-trapped pickle
   put where our loaders look is refused without running.
 
@@ -24,8 +24,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("vidcls", "training", "export", "client", "benchmarks")
-# The one place allowed to unpickle: the explicit reference-checkpoint import (trust_pickle=True).
-EXPLICIT_IMPORT = Path("training/import_checkpoint.py")
 UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 
 
@@ -121,7 +119,7 @@ def test_remote_model_load_and_unload_are_refused(triton_server, serving_config)
 
 
 # ---- no implicit unpickling ------------------------------------------------------------------------
-def test_torch_load_only_with_weights_only_except_the_explicit_import():
+def test_torch_load_only_with_weights_only():
     offenders = []
     for rel, tree in _sources():
         for node in ast.walk(tree):
@@ -133,7 +131,7 @@ def test_torch_load_only_with_weights_only_except_the_explicit_import():
                 continue
             flag = _kw(node, "weights_only")
             safe = isinstance(flag, ast.Constant) and flag.value is True
-            if not safe and rel != EXPLICIT_IMPORT:
+            if not safe:
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
 
@@ -188,11 +186,11 @@ def test_booby_trapped_pickles_are_refused_without_running(tmp_path):
     torch.save(trap, tmp_path / "weights.pt")
     with pytest.raises(Exception):
         build_backbone(VidclsConfig.tiny(), str(tmp_path / "weights.pt"))
-    # 3. A reference checkpoint is only unpickled when the user says they trust it.
-    from vidcls.training.import_checkpoint import import_checkpoint
+    # 3. A reference checkpoint: read with the restricted unpickler, which refuses the object.
+    from vidcls.training.import_checkpoint import CheckpointImportError, import_checkpoint
 
     torch.save(trap, tmp_path / "reference.pt")
-    with pytest.raises(PermissionError):
+    with pytest.raises(CheckpointImportError, match="refused"):
         import_checkpoint(tmp_path / "reference.pt", tmp_path / "imported")
     assert not marker.exists(), "a loader ran pickled code"
 

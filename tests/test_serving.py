@@ -191,20 +191,37 @@ def test_probe_errors_only_the_bad_request(fake_pb, cpu_repository, serving_conf
 
 def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, serving_config):
     """A malformed tensor makes the batched computation raise: the others are retried alone."""
-    from vidcls.triton_models.average import AverageModel, input_names
+    from vidcls.triton_models.average import AverageModel
 
     s = serving_config.serving
     model = _load(AverageModel, "average", cpu_repository, s.average)
     c = serving_config.num_classes
-    good = {n: np.full((1, c), 1.0 / c, np.float32) for n in input_names(serving_config)}
+    good = {n: np.full((1, c), 1.0 / c, np.float32) for n in serving_config.average_inputs()}
     broken = dict(good)
-    broken[input_names(serving_config)[0]] = np.zeros((1, c + 1), np.float32)
+    broken[serving_config.average_inputs()[0]] = np.zeros((1, c + 1), np.float32)
     responses = model.execute([good, broken, good])
     assert responses[1].error.code == "INTERNAL" and s.average in responses[1].error.message
     for r in (responses[0], responses[2]):
         assert r.error is None
         np.testing.assert_allclose(r.outputs[s.probabilities], np.full((1, c), 1.0 / c))
         assert r.outputs[s.class_name].shape == (1, 1)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_interrupts_are_not_answered_as_request_errors(fake_pb, cpu_repository, serving_config, stop):
+    """Only Exception becomes a request's error: an interrupt or exit of the stub passes through."""
+    from vidcls.triton_models.average import AverageModel
+
+    model = _load(AverageModel, "average", cpu_repository, serving_config.serving.average)
+    c = serving_config.num_classes
+    good = {n: np.full((1, c), 1.0 / c, np.float32) for n in serving_config.average_inputs()}
+
+    def stopped(batch):
+        raise stop()
+
+    model.process = stopped
+    with pytest.raises(stop):
+        model.execute([good, good])
 
 
 @pytest.mark.server

@@ -21,6 +21,7 @@ MAX_GROWTH_MB = 128.0
 
 
 @pytest.mark.server
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_short_soak_has_no_failures_and_bounded_memory(triton_server, tmp_path):
     from vidcls.client.perf import PerfError, find_perf_analyzer

@@ -22,19 +22,19 @@ Ray is imported only when a distributed run starts (``pip install vidcls[ray]``)
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from vidcls.config import VidclsConfig
-from vidcls.training.extract import (SPLITS, VideoItem, extract_videos, list_videos, merge_shards,
-                                     report, resolve_config)
+from vidcls.training.extract import SPLITS, VideoItem, extract_videos, list_videos, merge_shards
 from vidcls.training.features_h5 import split_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def extract_distributed(data_dir: str | Path, out_dir: str | Path, config: Vidcl
     for split in splits:
         items = list_videos(data_dir, split, config.classes)
         if not items:
-            print(f"{split}: no videos under {Path(data_dir) / split}, skipped")
+            log.info("%s: no videos under %s, skipped", split, Path(data_dir) / split)
             continue
         pieces = shard_items(items, n_shards)
         paths = [shard_file(out_dir, split, i, len(pieces)) for i in range(len(pieces))]
@@ -168,8 +168,8 @@ def extract_distributed(data_dir: str | Path, out_dir: str | Path, config: Vidcl
                 summary.frames += r["frames"]
                 summary.errors += r["errors"]
                 if progress:
-                    print(f"{split}: shard {done}/{len(pieces)} done on {r['node']} "
-                          f"({r['added']} added, {len(r['errors'])} unreadable)", file=sys.stderr, flush=True)
+                    log.info("%s: shard %d/%d done on %s (%d added, %d unreadable)", split, done, len(pieces),
+                             r["node"], r["added"], len(r["errors"]))
         merge_shards(paths, summary.path)
         summary.errors.sort(key=lambda e: e["video_id"])
         with open(out_dir / f"{split}_errors.jsonl", "w") as f:
@@ -182,27 +182,3 @@ def extract_distributed(data_dir: str | Path, out_dir: str | Path, config: Vidcl
         summary.seconds = time.perf_counter() - start
         results[split] = summary
     return results
-
-
-# ---- CLI (hooked into `vidcls extract` by training/extract.py) ---------------------------------
-def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("distributed (Ray)")
-    g.add_argument("--ray", action="store_true",
-                   help="run on Ray: shards of the sorted video list as tasks, then one merged file per split")
-    g.add_argument("--ray-address", default=None,
-                   help="auto (running cluster), local (start one here), or ray://HOST:10001 / HOST:6379; "
-                        "None: $RAY_ADDRESS if set, else local")
-    g.add_argument("--shards", type=int, default=None, help="shards per split (None: 2 per worker slot of the cluster)")
-    g.add_argument("--cpus-per-worker", type=int, default=1, help="CPU cores (and torch threads) per CPU task")
-    g.add_argument("--drop-shards", action="store_true", help="delete the shard files after the merge")
-
-
-def run_ray(args: argparse.Namespace) -> int:
-    config = resolve_config(args.preset, args.config, args.backbone)
-    weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
-    results = extract_distributed(args.data, args.out, config, weights, args.device, args.splits,
-                                  shards=args.shards, cpus_per_worker=args.cpus_per_worker,
-                                  address=args.ray_address, keep_shards=not args.drop_shards,
-                                  progress=not args.no_progress)
-    report(list(results.values()), args.out)
-    return 0

@@ -18,8 +18,8 @@ skipped; the run goes on.
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,11 +28,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, VidclsConfig
-from vidcls.training.features_h5 import FeatureWriter, split_path
+from vidcls.config import BACKBONE_DIMS, PRESETS, VidclsConfig
+from vidcls.training.features_h5 import FeatureWriter
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> lis
     items = []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if folder.name not in classes:
-            print(f"warning: {folder} is not a class folder ({', '.join(classes)}); ignored", file=sys.stderr)
+            log.warning("%s is not a class folder (%s); ignored", folder, ", ".join(classes))
             continue
         label = list(classes).index(folder.name)
         for f in folder.iterdir():
@@ -118,12 +119,13 @@ def video_sequence(path: Path, config: VidclsConfig, backbone, device: str = "cp
 
 def extract_videos(videos: Iterable, out_path: str | Path, config: VidclsConfig, backbone,
                    backbone_weights: str = "none", device: str = "cpu", errors_path: str | Path | None = None,
-                   root: str | Path | None = None, progress: bool = True, verbose: bool = False,
+                   root: str | Path | None = None, progress: bool = True,
                    stop_after: int | None = None) -> ExtractSummary:
     """Process an explicit list of videos into ``out_path`` (created or resumed).
 
     Videos whose id is already in the file are skipped. ``stop_after`` ends the run after that
-    many new videos (tests use it to simulate an interruption).
+    many new videos (tests use it to simulate an interruption). Each committed video is logged
+    at DEBUG (``done <video id>``).
     """
     from tqdm import tqdm
 
@@ -142,15 +144,14 @@ def extract_videos(videos: Iterable, out_path: str | Path, config: VidclsConfig,
                 break
             try:
                 seq = video_sequence(item.path, config, backbone, device)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+            except Exception as exc:  # one bad file must not stop the run
                 _record_error(summary, errors_file, item, exc)
                 bar.set_postfix(errors=len(summary.errors))
                 continue
             writer.append(item.video_id, seq, item.label)
             summary.added += 1
             summary.frames += config.num_frames
-            if verbose:
-                print(f"done {item.video_id}", flush=True)
+            log.debug("done %s", item.video_id)
         bar.close()
     if errors_file:
         errors_file.close()
@@ -215,67 +216,3 @@ def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> Pat
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-# ---- CLI ----------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, help="folder with {train,val,test}/<class>/<video files>")
-    parser.add_argument("out", type=Path, help="folder for {split}_features_multiscale.h5 (+ {split}_errors.jsonl)")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to extract (missing ones are skipped)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="config preset: default = DESIGN numbers, tiny = tests, demo = 64 frames/256px + tiny CNN")
-    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON file (overrides --preset)")
-    parser.add_argument("--backbone", choices=sorted(BACKBONE_DIMS), default=None, help="override the config's backbone")
-    parser.add_argument("--weights", default=None,
-                        help="backbone weights: imagenet, none (random, seeded) or a state-dict file "
-                             "(default: imagenet for torchvision backbones, none for tiny)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--verbose", action="store_true", help="print one line per finished video")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is faster for small models on a busy machine)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from vidcls.training.distributed import add_ray_arguments  # --ray, --ray-address, --shards (Ray imported lazily)
-
-    add_ray_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vidcls.models.backbone import build_backbone
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if getattr(args, "ray", False):  # shards on a Ray cluster, then merge_shards (training/distributed.py)
-        from vidcls.training.distributed import run_ray
-
-        return run_ray(args)
-    config = resolve_config(args.preset, args.config, args.backbone)
-    weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
-    backbone = build_backbone(config, weights).to(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    summaries = []
-    for split in args.splits:
-        items = list_videos(args.data, split, config.classes)
-        if not items:
-            print(f"{split}: no videos under {args.data / split}, skipped")
-            continue
-        out = split_path(args.out, split)
-        summary = extract_videos(items, out, config, backbone, weights, args.device,
-                                 errors_path=args.out / f"{split}_errors.jsonl",
-                                 progress=not args.no_progress, verbose=args.verbose)
-        summaries.append(summary)
-    report(summaries, args.out)
-    return 0
-
-
-def report(summaries: Sequence[ExtractSummary], out: Path) -> None:
-    """One line per split, then every unreadable file (shared by the local and Ray runs)."""
-    total_errors = 0
-    for summary in summaries:
-        print(summary.line())
-        for err in summary.errors:
-            print(f"  unreadable: {err['video_id']}: {err['error']}")
-        total_errors += len(summary.errors)
-    if total_errors:
-        print(f"{total_errors} unreadable file(s) skipped; see {out}/*_errors.jsonl")

@@ -1,4 +1,4 @@
-"""HDF5 feature files (DESIGN.md 1.5), compatible both ways with the reference project's files.
+"""HDF5 feature files, compatible both ways with the reference project's files.
 
 ``{split}_features_multiscale.h5`` holds what the reference wrote and read:
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, VidclsConfig
+from vidcls.config import VidclsConfig
 
 SPLIT_FILE = "{split}_features_multiscale.h5"
 # Attributes whose values must agree before appending to an existing file.
@@ -63,14 +63,6 @@ def category_mapping(config: VidclsConfig) -> dict[str, int]:
     return {name: i for i, name in enumerate(config.classes)}
 
 
-def config_for_feature_dim(feature_dim: int) -> VidclsConfig:
-    """The config a reference file (no ``vidcls_config``) was most likely made with."""
-    for name, dim in BACKBONE_DIMS.items():  # first match: efficientnet_v2_s for 1280, resnet50 for 2048
-        if dim == feature_dim:
-            return VidclsConfig.for_backbone(name)
-    raise ValueError(f"no known backbone gives {feature_dim}-d features; pass a config")
-
-
 def _label_remap(mapping: dict[str, int], classes: tuple[str, ...]) -> np.ndarray:
     """file label → our class index, matching names loosely ("Flat Content" == "Flat_Content")."""
     def norm(name: str) -> str:
@@ -101,7 +93,7 @@ def read_features(path: str | Path, config: VidclsConfig | None = None) -> Featu
                else [f"{path.stem}/{i:06d}" for i in range(n)])
     if config is None:
         config = (VidclsConfig.from_json(attrs["vidcls_config"]) if "vidcls_config" in attrs
-                  else config_for_feature_dim(features.shape[2]))
+                  else VidclsConfig.for_features(features.shape[2]))  # a reference file: any width
     if features.shape[2] != config.feature_dim:
         raise ValueError(f"{path}: {features.shape[2]}-d features, but the config's backbone "
                          f"{config.backbone} gives {config.feature_dim}-d")
@@ -198,10 +190,6 @@ class FeatureWriter:
         f["video_ids"][n] = video_id
         f.attrs["num_videos"] = n + 1  # the commit point: rows past num_videos are ignored
         f.flush()
-
-    def set_attr(self, key: str, value: Any) -> None:
-        self.file.attrs[key] = value
-        self.file.flush()
 
     def close(self) -> None:
         if self.file.id.valid:

@@ -1,6 +1,6 @@
 """``vidcls train FEATURES OUT``: Stage 2, one temporal model or an ensemble, on feature files.
 
-The defaults are the reference recipe (DESIGN.md 1.4): AdamW, CosineAnnealingWarmRestarts stepped
+The defaults are the reference project's recipe: AdamW, CosineAnnealingWarmRestarts stepped
 per batch, focal loss (gamma 2, label smoothing 0.1, per-class alpha), class-balanced sampling,
 gradient clipping, three sequence augmentations, early stopping on validation accuracy and the
 best checkpoint by validation accuracy. Deviations are opt-in flags.
@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import logging
 import random
 import sys
 import time
@@ -35,6 +36,8 @@ from vidcls.config import TrainConfig, VidclsConfig
 from vidcls.models.temporal import SuperEnhancedTemporalModel
 from vidcls.training.features_h5 import FeatureSet, read_features, split_path
 from vidcls.training.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "train_state"
 
@@ -368,8 +371,8 @@ def train_ensemble(train_file: Path, val_file: Path, out_dir: Path, config: Vidc
         directory = Path(out_dir) / f"model_{i}"
         directory.mkdir(parents=True, exist_ok=True)
         state = Trainer(directory, config, config.seed + i, train, val, meta, progress).fit()
-        print(f"model_{i}: best val accuracy {state.best_acc:.4f} at epoch {state.best_epoch} "
-              f"({state.epoch} epochs{', early stop' if state.stopped_early else ''})")
+        log.info("model_%d: best val accuracy %.4f at epoch %d (%d epochs%s)", i, state.best_acc,
+                 state.best_epoch, state.epoch, ", early stop" if state.stopped_early else "")
         dirs.append(directory)
     return dirs
 

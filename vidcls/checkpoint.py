@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from vidcls.config import VidclsConfig
 from vidcls.models.temporal import SuperEnhancedTemporalModel, config_dict
@@ -95,8 +94,3 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def state_dict_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

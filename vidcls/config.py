@@ -5,7 +5,7 @@ backend models, the DALI pipeline and the client) reads a :class:`VidclsConfig`.
 serializes to JSON (checkpoints and model repositories carry it) and is torch-free so that the
 serving image and the client can import it.
 
-The defaults are the numbers of DESIGN.md section 1; :meth:`VidclsConfig.tiny` is the small
+The defaults are the reference project's numbers (model, frames, scales, recipe); :meth:`VidclsConfig.tiny` is the small
 configuration the tests and the demo use (same code paths, smaller numbers).
 """
 
@@ -27,10 +27,34 @@ BACKBONE_DIMS: dict[str, int] = {
     "resnet101": 2048,
     "tiny": 128,
 }
+# Features computed outside vidcls (a reference project's feature file, another extractor): any
+# width, known only from the files. Training and evaluation read them; extraction and export
+# refuse this backbone, since vidcls cannot compute such features from video.
+EXTERNAL_BACKBONE = "external"
 
 CLASSES: tuple[str, ...] = ("Animation", "Flat_Content", "Gaming", "Natural_Content")
 TTA_VIEWS: tuple[str, ...] = ("original", "reverse", "speed_up", "speed_down")
 BACKBONE_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+
+# A model repository carries its VidclsConfig as this JSON file at its root; each python model's
+# config.pbtxt may name another one (relative to the model's folder) in this parameter.
+REPOSITORY_CONFIG_FILE = "vidcls_config.json"
+CONFIG_PARAMETER = "vidcls_config"
+# The probe's config.pbtxt parameter naming the decode step that follows it ("cpu" | "dali"): with
+# DALI the probe also refuses what DALI cannot decode (serving.dali_codecs / dali_containers).
+DECODER_PARAMETER = "decoder"
+
+
+def backbones_for_width(feature_dim: int) -> list[str]:
+    """The backbones that give ``feature_dim``-d features, preferred first (BACKBONE_DIMS order:
+    efficientnet_v2_s before efficientnet_v2_m, resnet50 before resnet101)."""
+    return [name for name, dim in BACKBONE_DIMS.items() if dim == feature_dim]
+
+
+def default_backbone_weights(backbone: str) -> str:
+    """``none`` for the tiny CNN (random init: it has no ImageNet weights), else ``imagenet``
+    (external features included: the reference project's came from ImageNet CNNs)."""
+    return "none" if backbone == "tiny" else "imagenet"
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,7 @@ class TemporalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe (DESIGN.md 1.4). Defaults reproduce the reference; improvements are opt-in."""
+    """Training recipe. Defaults reproduce the reference project's; improvements are opt-in."""
 
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -73,13 +97,13 @@ class TrainConfig:
     aug_roll_max: int = 3
     aug_noise_p: float = 0.2
     aug_noise_sigma: float = 0.01
-    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (DESIGN 1.3).
+    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (vidcls.models.temporal).
     mask_padding: bool = True
 
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What the probe accepts before any decoding (issue 6). Each limit is named in its error."""
+    """What the probe accepts before any decoding (docs/limits.md). Each limit is named in its error."""
 
     max_bytes: int = 512 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
@@ -140,8 +164,8 @@ class ServingConfig:
     # cpu target, backbone instances (0 = cpu_instances). Two instances, each with all cores
     # (backbone_threads 0, spinning off): one video alone gets every core, two videos in flight
     # run side by side. bench_pipeline on 2 cores, same run: 0.169 videos/s at concurrency 4 like
-    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the settings
-    # before issue 7 (one instance, spinning pools): 0.136-0.145 (issue 7 report).
+    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the earlier
+    # settings (one instance, spinning pools): 0.136-0.145.
     cpu_backbone_instances: int = 2
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
@@ -167,7 +191,7 @@ class ServingConfig:
     # The four temporal models run in four python-backend processes at the same time; their
     # BiLSTMs are chains of small matrix products that gain little from a second thread, so one
     # thread each lets them run side by side instead of four pools fighting over the cores
-    # (issue 7 measurements: benchmarks/bench_pipeline.py).
+    # (measured with benchmarks/bench_pipeline.py).
     temporal_threads: int = 1
     # ONNX Runtime's idle intra-op threads spin-wait by default: with the backbone, four temporal
     # sessions and the decoder in separate processes on few cores, spinning pools burn the cores
@@ -221,9 +245,13 @@ class VidclsConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONE_DIMS:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose from {sorted(BACKBONE_DIMS)}")
-        if self.temporal.feature_dim != BACKBONE_DIMS[self.backbone]:
+        if self.backbone == EXTERNAL_BACKBONE:
+            if self.temporal.feature_dim < 1:
+                raise ValueError("temporal.feature_dim must be >= 1")
+        elif self.backbone not in BACKBONE_DIMS:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose from "
+                             f"{sorted(BACKBONE_DIMS) + [EXTERNAL_BACKBONE]}")
+        elif self.temporal.feature_dim != BACKBONE_DIMS[self.backbone]:
             raise ValueError(
                 f"temporal.feature_dim={self.temporal.feature_dim} does not match backbone "
                 f"{self.backbone} ({BACKBONE_DIMS[self.backbone]}-d); use VidclsConfig.for_backbone()"
@@ -242,7 +270,7 @@ class VidclsConfig:
     # ---- derived numbers -------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return BACKBONE_DIMS[self.backbone]
+        return self.temporal.feature_dim  # checked against the backbone's width in __post_init__
 
     @property
     def num_classes(self) -> int:
@@ -276,6 +304,15 @@ class VidclsConfig:
     def view_tensor(self, view: str) -> str:
         return f"{self.serving.view_prefix}{view.upper()}"
 
+    def average_input(self, model: str, view: str) -> str:
+        """The ensemble tensor (and ensemble_average input) carrying ``model``'s probabilities
+        for ``view``."""
+        return f"{self.serving.probs}_{model}_{view.upper()}"
+
+    def average_inputs(self) -> list[str]:
+        """ensemble_average's inputs: every temporal model's views, model by model."""
+        return [self.average_input(m, v) for m in self.temporal_model_names() for v in self.tta_views]
+
     @property
     def backbone_onnx_file(self) -> str:
         """The backbone graph a repository serves: model.onnx (FP32) or model_int8.onnx (QDQ INT8,
@@ -284,13 +321,26 @@ class VidclsConfig:
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def for_backbone(cls, backbone: str, **overrides: Any) -> "VidclsConfig":
-        """A config for ``backbone`` with temporal.feature_dim set to match it."""
+    def for_backbone(cls, backbone: str, feature_dim: int | None = None, **overrides: Any) -> "VidclsConfig":
+        """A config for ``backbone`` with temporal.feature_dim set to match it (``feature_dim``
+        gives the width of an :data:`EXTERNAL_BACKBONE`)."""
         temporal = overrides.pop("temporal", TemporalConfig())
         if isinstance(temporal, Mapping):
             temporal = TemporalConfig(**temporal)
-        temporal = dataclasses.replace(temporal, feature_dim=BACKBONE_DIMS[backbone])
+        if backbone != EXTERNAL_BACKBONE:
+            feature_dim = BACKBONE_DIMS[backbone]
+        elif feature_dim is None:
+            raise ValueError(f"backbone {EXTERNAL_BACKBONE!r} needs the feature width")
+        temporal = dataclasses.replace(temporal, feature_dim=int(feature_dim))
         return cls(backbone=backbone, temporal=temporal, **overrides)
+
+    @classmethod
+    def for_features(cls, feature_dim: int, **overrides: Any) -> "VidclsConfig":
+        """A config for features of width ``feature_dim`` whose backbone nothing records (the
+        reference project's files): the preferred backbone of that width, else
+        :data:`EXTERNAL_BACKBONE`."""
+        known = backbones_for_width(feature_dim)
+        return cls.for_backbone(known[0] if known else EXTERNAL_BACKBONE, feature_dim, **overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "VidclsConfig":
@@ -344,6 +394,11 @@ class VidclsConfig:
         return cls.from_json(Path(path).read_text())
 
 
+# Named configurations for the commands that take --preset: default = the numbers above, tiny =
+# the tests', demo = 64 frames of 256 px with the tiny CNN.
+PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
+
+
 def _build(cls: type, data: Mapping[str, Any]) -> Any:
     """Rebuild a (nested) frozen dataclass from plain JSON data; lists become tuples.
 
@@ -365,5 +420,3 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
             kwargs[name] = value
     return cls(**kwargs)
 
-
-DEFAULT = VidclsConfig()

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
+import numpy as np
+
 from vidcls.config import VidclsConfig
 
 ProviderSpec = Union[str, tuple[str, dict]]
@@ -133,3 +135,10 @@ def make_session(path: str | os.PathLike, intra_op_threads: int = 0,
     return ort.InferenceSession(str(path), sess_options=options,
                                 providers=[name for name, _ in resolved],
                                 provider_options=[opts for _, opts in resolved])
+
+
+def chunked_run(session, input_name: str, data: np.ndarray, chunk: int) -> np.ndarray:
+    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated."""
+    chunk = max(1, int(chunk))
+    outs = [session.run(None, {input_name: data[i:i + chunk]})[0] for i in range(0, len(data), chunk)]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)

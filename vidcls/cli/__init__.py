@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # name → (module, one-line help). The CLI is the only place that ties the packages together.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("vidcls.training.synth", "make labeled synthetic videos in OUT/{train,val,test}/<class>/"),
-    "extract": ("vidcls.training.extract", "Stage 1: videos → per-frame multi-scale features (HDF5)"),
+    "extract": ("vidcls.training.extract_command", "Stage 1: videos → per-frame multi-scale features (HDF5)"),
     "train": ("vidcls.training.train", "Stage 2: train one model or an ensemble on feature files"),
     "evaluate": ("vidcls.training.evaluate", "metrics (standard, TTA, ensemble) + confusion matrix PNG"),
     "import-checkpoint": ("vidcls.training.import_checkpoint", "convert reference-project .pt checkpoints"),
@@ -41,6 +42,36 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (tests and the demo swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """The library reports through the ``vidcls`` loggers (progress at INFO, per-item detail at
+    DEBUG) and never prints; the program shows those records on stderr as plain lines, DEBUG too
+    with a command's ``--verbose``. Results go to stdout from each command's ``run``."""
+    logger = logging.getLogger("vidcls")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LineFormatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -56,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    configure_logging(verbose=bool(getattr(args, "verbose", False)))
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidcls.config import BACKBONE_DIMS, VidclsConfig
+from vidcls.config import BACKBONE_DIMS, EXTERNAL_BACKBONE, VidclsConfig
 
 
 class TinyCNN(nn.Module):
@@ -80,8 +80,22 @@ class FrameBackbone(nn.Module):
         return self.cnn(x)
 
 
+class BackboneUnavailable(ValueError):
+    """The config's features come from files (``EXTERNAL_BACKBONE``): no network computes them."""
+
+
+def require_runnable(config: VidclsConfig) -> None:
+    """Raise :class:`BackboneUnavailable` unless vidcls can compute ``config``'s features from video."""
+    if config.backbone == EXTERNAL_BACKBONE:
+        raise BackboneUnavailable(
+            f"these {config.feature_dim}-d features came from files made outside vidcls (backbone "
+            f"{EXTERNAL_BACKBONE!r}): training and evaluation on feature files work, but extraction and "
+            f"export need a backbone vidcls can run ({', '.join(sorted(BACKBONE_DIMS))})")
+
+
 def build_backbone(config: VidclsConfig, weights: str = "none", seed: int = 0) -> FrameBackbone:
     """The backbone of ``config``; ``weights`` is 'imagenet', 'none' or a path to a state dict."""
+    require_runnable(config)
     name = config.backbone
     if name not in BACKBONE_DIMS:
         raise ValueError(f"unknown backbone {name!r}")

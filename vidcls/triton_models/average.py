@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidcls.config import VidclsConfig
 from vidcls.triton_models.base import BatchedModel
-
-
-def input_name(config: VidclsConfig, model: str, view: str) -> str:
-    """The ensemble tensor (and ensemble_average input) carrying ``model``'s PROBS for ``view``."""
-    return f"{config.serving.probs}_{model}_{view.upper()}"
-
-
-def input_names(config: VidclsConfig) -> list[str]:
-    return [input_name(config, m, v) for m in config.temporal_model_names() for v in config.tta_views]
 
 
 class AverageModel(BatchedModel):
     def setup(self) -> None:
-        self.inputs = tuple(input_names(self.config))
+        self.inputs = tuple(self.config.average_inputs())
         self.names = np.array([c.encode() for c in self.config.classes], dtype=object)
 
     def process(self, batch):

@@ -10,6 +10,8 @@ result into a response. Isolation rules:
   request never fails the requests it was batched with;
 - a :class:`vidcls.video.VideoError` becomes ``INVALID_ARG`` with the message ``"<code>: <message>"``
   (the client reports the code); anything else becomes ``INTERNAL`` naming the model.
+- only :class:`Exception` is caught: ``KeyboardInterrupt`` and ``SystemExit`` (the stub shutting
+  down) pass through instead of being answered as a request's error.
 
 ``triton_python_backend_utils`` exists only inside the python backend stub, so it is imported in
 :meth:`initialize`; the processing code (``process``) is plain numpy and testable without Triton.
@@ -24,20 +26,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vidcls.config import VidclsConfig
+from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
 from vidcls.video import VideoError
 
-# The config.pbtxt parameter naming the VidclsConfig JSON, relative to the model's folder.
-CONFIG_PARAMETER = "vidcls_config"
-CONFIG_FILENAME = "vidcls_config.json"
-
 Batch = list[dict[str, np.ndarray]]
-Result = "dict[str, np.ndarray] | BaseException"
 
 
 def load_config(model_dir: str | Path, parameters: dict[str, Any]) -> VidclsConfig:
     """The VidclsConfig named by the model's ``vidcls_config`` parameter (default: repo root file)."""
-    rel = parameters.get(CONFIG_PARAMETER, {}).get("string_value") or f"../{CONFIG_FILENAME}"
+    rel = parameters.get(CONFIG_PARAMETER, {}).get("string_value") or f"../{REPOSITORY_CONFIG_FILE}"
     return VidclsConfig.load(Path(model_dir) / rel)
 
 
@@ -70,7 +67,7 @@ class BatchedModel:
             try:
                 batch.append(self.read_inputs(request))
                 slots.append(i)
-            except BaseException as exc:  # noqa: BLE001 - must become this request's error
+            except Exception as exc:  # becomes this request's error response
                 results[i] = exc
         for slot, result in zip(slots, self.process_isolated(batch)):
             results[slot] = result
@@ -105,26 +102,26 @@ class BatchedModel:
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
             return results
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # the batch as a whole failed: retry each request alone
             if len(batch) == 1:
                 return [exc]
             out = []
             for item in batch:  # find the culprit: the others still get their answers
                 try:
                     out.append(self.process([item])[0])
-                except BaseException as single:  # noqa: BLE001
+                except Exception as single:  # this request's own error
                     out.append(single)
             return out
 
     def respond(self, result: Any):
         pb = self.pb
-        if isinstance(result, BaseException):
+        if isinstance(result, Exception):
             return pb.InferenceResponse(error=self.to_error(result))
         tensors = [pb.Tensor(name, np.ascontiguousarray(value, dtype=self.output_dtypes.get(name, value.dtype)))
                    for name, value in result.items()]
         return pb.InferenceResponse(output_tensors=tensors)
 
-    def to_error(self, exc: BaseException):
+    def to_error(self, exc: Exception):
         pb = self.pb
         if isinstance(exc, VideoError):
             return pb.TritonError(f"{exc.code}: {exc.message}", pb.TritonError.INVALID_ARG)
@@ -135,10 +132,3 @@ class BatchedModel:
 def rows(array: np.ndarray) -> list[np.ndarray]:
     """A request's tensor split along its batch dimension."""
     return [array[i] for i in range(array.shape[0])]
-
-
-def chunked_run(session, input_name: str, data: np.ndarray, chunk: int) -> np.ndarray:
-    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated."""
-    chunk = max(1, int(chunk))
-    outs = [session.run(None, {input_name: data[i:i + chunk]})[0] for i in range(0, len(data), chunk)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)

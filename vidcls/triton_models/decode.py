@@ -28,10 +28,10 @@ class DecodeModel(BatchedModel):
             frames = [
                 decode_frames(video, indices, cfg.frame_size, num_frames=int(indices.max()) + 1,
                               max_missing_fraction=cfg.limits.max_missing_fraction,
-                              limits=cfg.limits)  # the decoder's picture-size bound (issue 6)
+                              limits=cfg.limits)  # the decoder's picture-size bound
                 for video, indices in zip(rows(item[s.video]), rows(item[s.frame_indices]))
             ]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # this request's error, not the batch's
             return exc
         # One video per request is the usual case: add the batch axis as a view, not a copy.
         return {self.output: frames[0][None] if len(frames) == 1 else np.stack(frames)}

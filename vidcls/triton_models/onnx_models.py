@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from vidcls.triton_models.base import BatchedModel, chunked_run
+from vidcls.ort import chunked_run
+from vidcls.triton_models.base import BatchedModel
 
 MODEL_FILE = "model.onnx"
 

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidcls.config import DECODER_PARAMETER
 from vidcls.sampling import sample_indices
 from vidcls.triton_models.base import BatchedModel, rows
 from vidcls.video import VideoError, probe
-
-
-# Config parameter naming the decoder after the probe ("cpu" or "dali"); the config generator
-# (vidcls.export.wiring) writes it.
-DECODER_PARAMETER = "decoder"
 
 
 class ProbeModel(BatchedModel):
@@ -51,6 +47,6 @@ class ProbeModel(BatchedModel):
                 info = probe(v, self.config.limits)
                 self.check_decoder(info)
                 out.append(sample_indices(info.num_frames, self.config.num_frames))
-        except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
+        except Exception as exc:  # this request's error, not the batch's
             return exc
         return {self.output: np.stack(out).astype(np.int32)}
