@@ -119,6 +119,14 @@ async def endpoint_healthy(client, model: str, version: str, timeout: float = 3.
         return False
 
 
+async def server_answers(client, timeout: float = 5.0) -> bool:
+    """Whether a Triton server answers at the client's address (live; its models may still load)."""
+    try:
+        return bool(await client.is_server_live(client_timeout=timeout))
+    except Exception:
+        return False
+
+
 async def model_missing(client, model: str, version: str, timeout: float = 5.0) -> bool | None:
     """True when the server is ready but does not serve ``model`` (a wrong name or version: no
     retry can fix that); None when the server cannot tell (unreachable or still starting)."""

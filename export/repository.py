@@ -26,14 +26,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vidcls.config import VidclsConfig
+from vidcls.arguments import config_file
+from vidcls.config import PRESETS, VidclsConfig
+from vidcls.errors import UsageError
 from vidcls.export.pbtxt import MODEL_FILES, header, labels_text, render
 from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model, check_wiring, pipeline
 from vidcls.triton_models.base import CONFIG_FILENAME
 
 VERSION = "1"
 KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git keeps no empty folders)
-PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
 
 def export_command(target: str, decode: str, backend: str, configs_only: bool,
@@ -302,9 +303,12 @@ def validate_repository(repo: str | Path, require_weights: bool = True) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="CHECKPOINTS... REPO",
                         help="checkpoint folder(s), then the repository folder (only REPO with --configs-only)")
-    parser.add_argument("--target", choices=TARGETS, default="gpu")
+    parser.add_argument("--target", choices=TARGETS, default="gpu",
+                        help="gpu: production (TensorRT/ONNX Runtime backends, DALI or PyAV decode, KIND_GPU); "
+                             "cpu: laptops and CI (ONNX Runtime and PyAV inside the python backend; what "
+                             "'vidcls serve' runs)")
     parser.add_argument("--decode", choices=DECODERS, default=None,
-                        help="gpu target: dali (NVDEC) or cpu (PyAV; MIG slices without NVDEC). Default: dali on gpu")
+                        help="gpu target: dali (NVDEC) or cpu (PyAV; MIG slices without NVDEC) (default: dali)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                         help="gpu target: Triton backend for the backbone")
     parser.add_argument("--temporal-backend", choices=BACKENDS, default=None,
@@ -316,7 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write configs, shims, labels (and the DALI pipeline) only; no checkpoints")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="config for --configs-only")
-    parser.add_argument("--config", default=None, help="a VidclsConfig JSON file for --configs-only")
+    parser.add_argument("--config", type=config_file, default=None, help="a VidclsConfig JSON file for --configs-only")
     parser.add_argument("--int8-calibration", nargs="+", default=None, metavar="VIDEOS",
                         help="opt-in INT8 backbone: calibrate on these videos (files or folders) and "
                              "serve the quantized graph if its features pass the cosine check")
@@ -326,15 +330,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.configs_only:
         if len(args.paths) != 1:
-            print("error: --configs-only takes only REPO", file=sys.stderr)
-            return 2
+            raise UsageError("--configs-only takes only REPO")
         checkpoints, repo = None, args.paths[0]
         config = VidclsConfig.load(args.config) if args.config else PRESETS[args.preset]()
     else:
         if len(args.paths) < 2:
-            print("error: give CHECKPOINTS... REPO", file=sys.stderr)
-            return 2
+            raise UsageError("give CHECKPOINTS... REPO: the checkpoint folder(s) (vidcls train), then the "
+                             "repository folder to write")
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
+        from vidcls.checkpoint import find_models
+
+        for path in checkpoints:
+            if not Path(path).is_dir():
+                raise UsageError(f"checkpoint folder {path} does not exist" if not Path(path).exists()
+                                 else f"{path} is not a checkpoint folder")
+            try:
+                find_models(path)
+            except FileNotFoundError as exc:
+                raise UsageError(f"{exc}: give the folder 'vidcls train' wrote") from None
     build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
                      backbone_weights=args.backbone_weights, configs_only=args.configs_only,
                      config=config, verbose=args.verbose, temporal_backend=args.temporal_backend,

@@ -28,11 +28,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, VidclsConfig
+from vidcls.config import BACKBONE_DIMS, PRESETS, VidclsConfig, class_index
+from vidcls.arguments import config_file, existing_dir, positive_int
+from vidcls.errors import UsageError
 from vidcls.training.features_h5 import FeatureWriter, split_path
 
 SPLITS = ("train", "val", "test")
-PRESETS = {"default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
 
 
 @dataclass(frozen=True)
@@ -73,18 +74,20 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
 
 # ---- work lists ---------------------------------------------------------------------------
 def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> list[VideoItem]:
-    """Every file under DATA/split/<class>/ (sorted by video id). Unknown folders are ignored
-    with a warning; half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
+    """Every file under DATA/split/<class>/ (sorted by video id). A folder names its class as the
+    config spells it or differing only in case and ``_``/``-``/space (``flat content`` is
+    Flat_Content: :func:`vidcls.config.class_index`). Unknown folders are ignored with a warning;
+    half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
     root = Path(data_dir)
     split_dir = root / split
     if not split_dir.is_dir():
         return []
     items = []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if folder.name not in classes:
+        label = class_index(folder.name, classes)
+        if label is None:
             print(f"warning: {folder} is not a class folder ({', '.join(classes)}); ignored", file=sys.stderr)
             continue
-        label = list(classes).index(folder.name)
         for f in folder.iterdir():
             if f.is_file() and not f.name.startswith(".") and ".partial." not in f.name:
                 items.append(VideoItem(f, label, f.relative_to(root).as_posix()))
@@ -219,19 +222,21 @@ def _text(value) -> str:
 
 # ---- CLI ----------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, help="folder with {train,val,test}/<class>/<video files>")
+    parser.add_argument("data", type=existing_dir, help="folder with {train,val,test}/<class>/<video files>")
     parser.add_argument("out", type=Path, help="folder for {split}_features_multiscale.h5 (+ {split}_errors.jsonl)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to extract (missing ones are skipped)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="config preset: default = DESIGN numbers, tiny = tests, demo = 64 frames/256px + tiny CNN")
-    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON file (overrides --preset)")
+                        help="config preset: default = the production model, tiny = tests, "
+                             "demo = 64 frames/256px + tiny CNN")
+    parser.add_argument("--config", type=config_file, default=None,
+                        help="a VidclsConfig JSON file, e.g. from 'vidcls config' (overrides --preset)")
     parser.add_argument("--backbone", choices=sorted(BACKBONE_DIMS), default=None, help="override the config's backbone")
     parser.add_argument("--weights", default=None,
                         help="backbone weights: imagenet, none (random, seeded) or a state-dict file "
                              "(default: imagenet for torchvision backbones, none for tiny)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--verbose", action="store_true", help="print one line per finished video")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster for small models on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from vidcls.training.distributed import add_ray_arguments  # --ray, --ray-address, --shards (Ray imported lazily)
@@ -239,27 +244,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_ray_arguments(parser)
 
 
+def work_lists(data: Path, splits: Sequence[str], classes: Sequence[str]) -> dict[str, list[VideoItem]]:
+    """The videos of each split that has any; a :class:`UsageError` naming the expected layout
+    when none has (before any model is built or downloaded)."""
+    lists = {split: list_videos(data, split, classes) for split in splits}
+    found = {split: items for split, items in lists.items() if items}
+    if found:
+        for split in lists.keys() - found.keys():
+            print(f"{split}: no videos under {data / split}, split skipped", file=sys.stderr)
+        return found
+    layout = f"{data}/{{{','.join(splits)}}}/<class>/<video files>"
+    flat = [p.name for p in data.iterdir() if p.is_dir() and class_index(p.name, classes) is not None]
+    if flat:
+        hint = (f"{data} holds class folders ({', '.join(sorted(flat))}) but no split folders: move them "
+                f"into {data}/train/, {data}/val/ (and {data}/test/)")
+    else:
+        hint = f"expected {layout} with class folders {', '.join(classes)} (or a config with your classes)"
+    raise UsageError(f"no videos found in {data}: {hint}")
+
+
 def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args.preset, args.config, args.backbone)
+    lists = work_lists(args.data, args.splits, config.classes)
+    if getattr(args, "ray", False):  # shards on a Ray cluster, then merge_shards (training/distributed.py)
+        from vidcls.training.distributed import run_ray
+
+        return run_ray(args)
     import torch
 
     from vidcls.models.backbone import build_backbone
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if getattr(args, "ray", False):  # shards on a Ray cluster, then merge_shards (training/distributed.py)
-        from vidcls.training.distributed import run_ray
-
-        return run_ray(args)
-    config = resolve_config(args.preset, args.config, args.backbone)
     weights = args.weights or ("none" if config.backbone == "tiny" else "imagenet")
     backbone = build_backbone(config, weights).to(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
-    for split in args.splits:
-        items = list_videos(args.data, split, config.classes)
-        if not items:
-            print(f"{split}: no videos under {args.data / split}, skipped")
-            continue
+    for split, items in lists.items():
         out = split_path(args.out, split)
         summary = extract_videos(items, out, config, backbone, weights, args.device,
                                  errors_path=args.out / f"{split}_errors.jsonl",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from vidcls.arguments import config_file, existing_file
 from vidcls.config import BACKBONE_DIMS, TemporalConfig, VidclsConfig
 
 REFUSAL = ("refusing to load {file}: reference checkpoints are Python pickles, and unpickling runs "
@@ -111,7 +112,7 @@ def _sha256(path: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", type=Path, nargs="+", help="reference .pt checkpoints")
+    parser.add_argument("files", type=existing_file, nargs="+", help="reference .pt checkpoints")
     parser.add_argument("--out", type=Path, required=True, help="output folder: model_0, model_1, ... (in FILE order)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="required: confirms the files come from a trusted source (they are unpickled)")
@@ -119,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="backbone the features came from (default: inferred from feature_dim; "
                              "2048-d is ambiguous between resnet50 and resnet101)")
     parser.add_argument("--backbone-weights", default="imagenet", help="recorded in the checkpoint for extraction/export")
-    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON for the other settings (default: DESIGN defaults)")
+    parser.add_argument("--config", type=config_file, default=None,
+                        help="a VidclsConfig JSON for the other settings (default: the default preset's)")
 
 
 def run(args: argparse.Namespace) -> int:

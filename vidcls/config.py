@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 # Output width of each backbone with its classification head replaced by identity.
 # "tiny" is our own small random-init CNN for tests, the demo and offline use (see
@@ -220,6 +220,9 @@ class VidclsConfig:
         if self.serving.backbone_precision not in BACKBONE_PRECISIONS:
             raise ValueError(f"serving.backbone_precision must be one of {BACKBONE_PRECISIONS}, "
                              f"got {self.serving.backbone_precision!r}")
+        if len({class_key(c) for c in self.classes}) != len(self.classes):
+            raise ValueError(f"class names {list(self.classes)} differ only in case, '_', '-' or spaces: "
+                             "folders could not tell them apart")
         if self.num_frames < 1 or self.frame_size < 2:
             raise ValueError("num_frames >= 1 and frame_size >= 2 required")
 
@@ -305,6 +308,16 @@ class VidclsConfig:
     def replace(self, **changes: Any) -> "VidclsConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_classes(self, classes: Sequence[str]) -> "VidclsConfig":
+        """The same config for another class set (the temporal models' output width follows)."""
+        names = tuple(classes)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"a class set needs at least two distinct names, got {list(names)}")
+        for name in names:
+            if not name or any(c in name for c in "/\\\n") or name != name.strip():
+                raise ValueError(f"class name {name!r}: no slashes, line breaks or outer spaces")
+        return self.replace(classes=names, temporal=dataclasses.replace(self.temporal, num_classes=len(names)))
+
     # ---- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -350,4 +363,24 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def class_key(name: str) -> str:
+    """How a folder or label is matched to a class: case, ``_``, ``-`` and spaces do not count."""
+    return "".join(name.lower().replace("-", " ").replace("_", " ").split())
+
+
+def class_index(name: str, classes: Sequence[str]) -> int | None:
+    """The index of the class that ``name`` (a folder name, a label) names, or None. An exact
+    match wins; otherwise ``animation``, ``Flat Content`` and ``natural-content`` name
+    Animation, Flat_Content and Natural_Content."""
+    if name in classes:
+        return list(classes).index(name)
+    keys = [class_key(c) for c in classes]
+    key = class_key(name)
+    return keys.index(key) if key in keys else None
+
+
 DEFAULT = VidclsConfig()
+
+# Named starting points (``--preset`` of extract, export and ``vidcls config``).
+PRESETS: dict[str, Callable[[], VidclsConfig]] = {
+    "default": VidclsConfig, "tiny": VidclsConfig.tiny, "demo": VidclsConfig.demo}
