@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,7 +30,7 @@ from vidcls.arguments import check_address
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
-                                   make_client, model_missing, server_answers)
+                                   make_client, model_missing, served_classes, server_answers)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
 from vidcls.config import VidclsConfig
 from vidcls.errors import UsageError, VidclsError
@@ -244,9 +244,13 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         if opts.wait_for_server is not None:
             await _wait_for_server(fleet, opts.wait_for_server)
         await _preflight(fleet, req)
+        classes = await _classes_of(fleet, req)
     except BaseException:
         await _close(fleet)
         raise
+    if classes and classes != opts.config.classes:  # a repository with its own class set
+        opts = replace(opts, config=opts.config.with_classes(classes))
+        req = opts.request_options()
     writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
         if output is not None else None
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -324,6 +328,16 @@ async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
         version = f" version {req.model_version}" if req.model_version else ""
         raise UsageError(f"model {req.model!r}{version} is not served at "
                          + ", ".join(ep.url for ep in fleet.endpoints))
+
+
+async def _classes_of(fleet: Fleet, req: RequestOptions) -> tuple[str, ...] | None:
+    """The class names the servers declare (the first that answers); the output's columns."""
+    parameter = req.config.serving.classes_parameter
+    for ep in fleet.endpoints:
+        classes = await served_classes(ep.client, req.model, req.model_version, parameter)
+        if classes:
+            return classes
+    return None
 
 
 async def _close(fleet: Fleet) -> None:

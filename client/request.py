@@ -11,6 +11,7 @@ message, never retried).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,19 @@ async def server_answers(client, timeout: float = 5.0) -> bool:
         return bool(await client.is_server_live(client_timeout=timeout))
     except Exception:
         return False
+
+
+async def served_classes(client, model: str, version: str, parameter: str,
+                         timeout: float = 5.0) -> tuple[str, ...] | None:
+    """The class names the served ensemble declares (its config's ``parameter``), or None when it
+    declares none (a repository from an older export) or cannot be asked."""
+    try:
+        answer = await client.get_model_config(model, version, as_json=True, client_timeout=timeout)
+        text = answer["config"]["parameters"][parameter]["string_value"]
+        names = json.loads(text)
+    except Exception:
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else None
 
 
 async def model_missing(client, model: str, version: str, timeout: float = 5.0) -> bool | None:

@@ -125,6 +125,9 @@ class ServingConfig:
     probs: str = "PROBS"
     probabilities: str = "PROBABILITIES"
     class_name: str = "CLASS_NAME"
+    # The ensemble's config.pbtxt parameter listing the class names (JSON), so that a client learns
+    # them from the server (a repository may serve any class set).
+    classes_parameter: str = "vidcls_classes"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16
