@@ -1,4 +1,4 @@
-"""Opt-in INT8 backbone (issue 7): calibration on real decoded frames, the cosine check that fails an
+"""Opt-in INT8 backbone: calibration on real decoded frames, the cosine check that fails an
 export, the repository that serves the quantized graph, and a real server running it."""
 
 from __future__ import annotations

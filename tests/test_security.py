@@ -1,4 +1,4 @@
-"""Security defaults (issue 6 item 5) not covered elsewhere.
+"""Security defaults not covered elsewhere.
 
 - ``vidcls serve`` / TritonServer bind to 127.0.0.1 unless told otherwise, and the running server
   listens on loopback only;

@@ -1,6 +1,6 @@
 """``vidcls train FEATURES OUT``: Stage 2, one temporal model or an ensemble, on feature files.
 
-The defaults are the reference recipe (DESIGN.md 1.4): AdamW, CosineAnnealingWarmRestarts stepped
+The defaults are the reference recipe (docs/design.md): AdamW, CosineAnnealingWarmRestarts stepped
 per batch, focal loss (gamma 2, label smoothing 0.1, per-class alpha), class-balanced sampling,
 gradient clipping, three sequence augmentations, early stopping on validation accuracy and the
 best checkpoint by validation accuracy. Deviations are opt-in flags.
@@ -388,16 +388,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=positive_int, default=None, help="ensemble size K (default: config.num_models); seeds config.seed+i")
     parser.add_argument("--seed", type=int, default=None, help="base seed (default: config.seed, 42)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="max epochs; raising it continues a finished run (default: the config's value; "
+                        help="max epochs; raising it continues a finished run (default: the config's; "
                              f"{defaults.epochs} in the default preset)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help=f"sequences per training batch (default: the config's value; {defaults.batch_size} in the default preset)")
+                        help=f"sequences per training batch (default: the config's; {defaults.batch_size} in the default preset)")
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"AdamW learning rate (default: the config's value; {defaults.lr:g} in the default preset)")
+                        help=f"AdamW learning rate (default: the config's; {defaults.lr:g} in the default preset)")
     parser.add_argument("--weight-decay", type=float, default=None,
-                        help=f"AdamW weight decay (default: the config's value; {defaults.weight_decay:g} in the default preset)")
+                        help=f"AdamW weight decay (default: the config's; {defaults.weight_decay:g} in the default preset)")
     parser.add_argument("--patience", type=positive_int, default=None,
-                        help=f"early stopping patience on val accuracy, in epochs (default: the config's value; {defaults.patience} in the default preset)")
+                        help="early stopping patience on val accuracy, in epochs "
+                             f"(default: the config's; {defaults.patience} in the default preset)")
     parser.add_argument("--scheduler-step", choices=["batch", "epoch"], default=None,
                         help="when to step CosineAnnealingWarmRestarts: 'batch' = the reference (T_0 counts "
                              "batches), 'epoch' = opt-in fix (T_0 counts epochs as the schedule intends)")

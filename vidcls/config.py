@@ -5,7 +5,7 @@ backend models, the DALI pipeline and the client) reads a :class:`VidclsConfig`.
 serializes to JSON (checkpoints and model repositories carry it) and is torch-free so that the
 serving image and the client can import it.
 
-The defaults are the numbers of DESIGN.md section 1; :meth:`VidclsConfig.tiny` is the small
+The defaults are the production model's numbers (docs/design.md); :meth:`VidclsConfig.tiny` is the small
 configuration the tests and the demo use (same code paths, smaller numbers).
 """
 
@@ -48,7 +48,7 @@ class TemporalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe (DESIGN.md 1.4). Defaults reproduce the reference; improvements are opt-in."""
+    """Training recipe (docs/design.md). Defaults reproduce the reference; improvements are opt-in."""
 
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -73,13 +73,13 @@ class TrainConfig:
     aug_roll_max: int = 3
     aug_noise_p: float = 0.2
     aug_noise_sigma: float = 0.01
-    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (DESIGN 1.3).
+    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (docs/design.md).
     mask_padding: bool = True
 
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What the probe accepts before any decoding (issue 6). Each limit is named in its error."""
+    """What the probe accepts before any decoding (docs/limits.md). Each limit is named in its error."""
 
     max_bytes: int = 512 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
@@ -144,7 +144,7 @@ class ServingConfig:
     # (backbone_threads 0, spinning off): one video alone gets every core, two videos in flight
     # run side by side. bench_pipeline on 2 cores, same run: 0.169 videos/s at concurrency 4 like
     # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the settings
-    # before issue 7 (one instance, spinning pools): 0.136-0.145 (issue 7 report).
+    # before this tuning (one instance, spinning pools): 0.136-0.145.
     cpu_backbone_instances: int = 2
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
@@ -158,7 +158,7 @@ class ServingConfig:
     # The four temporal models run in four python-backend processes at the same time; their
     # BiLSTMs are chains of small matrix products that gain little from a second thread, so one
     # thread each lets them run side by side instead of four pools fighting over the cores
-    # (issue 7 measurements: benchmarks/bench_pipeline.py).
+    # (measured with benchmarks/bench_pipeline.py).
     temporal_threads: int = 1
     # ONNX Runtime's idle intra-op threads spin-wait by default: with the backbone, four temporal
     # sessions and the decoder in separate processes on few cores, spinning pools burn the cores

@@ -119,7 +119,7 @@ class Budget:
 
 # ---- parameter counts ------------------------------------------------------------------------
 def temporal_params(config: VidclsConfig) -> int:
-    """Exact parameter count of SuperEnhancedTemporalModel (DESIGN.md 1.3) for ``config.temporal``."""
+    """Exact parameter count of SuperEnhancedTemporalModel (docs/design.md) for ``config.temporal``."""
     t = config.temporal
     d, h, c = t.feature_dim, t.hidden_dim, t.num_classes
     dirs = 2 if t.bidirectional else 1
