@@ -321,6 +321,31 @@ def test_resume_after_kill(triton_server, many_videos, tmp_path):
 
 
 @pytest.mark.server
+def test_ctrl_c_says_how_to_resume(triton_server, many_videos, tmp_path):
+    """Ctrl-C mid-run: exit 130, whole records so far, and one line saying how to continue."""
+    out = tmp_path / "interrupted.jsonl"
+    cmd = [sys.executable, "-m", "vidcls.cli", "classify", str(many_videos[0].parent), "--url", triton_server.grpc_url,
+           "-o", str(out), "--concurrency", "1", "--no-progress", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and len(out.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [f"interrupted; what finished is in {out}: the same command with --resume continues"], err
+    assert 2 <= len(read_rows(out)) < len(many_videos)  # every line a whole record
+
+
+@pytest.mark.server
 def test_survives_server_restart(spare_server, many_videos, tmp_path):
     """The client runs in a thread and the main thread restarts the server mid-run: TritonServer
     gives the server a parent-death signal tied to the thread that started it, so the restart
