@@ -24,7 +24,7 @@ from vidcls.client.classify import DEFAULT_URL
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.perf import (PerfError, PerfOptions, build_command, find_perf_analyzer, perf_environment,
                                 read_perf_csv, run_perf_analyzer, write_input_data)
-from vidcls.client.request import TLSOptions, make_client, server_answers
+from vidcls.client.request import TLSOptions, make_client, server_problem
 from vidcls.client.stats import bottleneck, diff_statistics, fetch_statistics, markdown_table
 from vidcls.config import VidclsConfig
 from vidcls.errors import UsageError, VidclsError
@@ -136,16 +136,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_server(url: str, tls: TLSOptions) -> None:
     """A server must answer before the sweep (perf_analyzer's own failure says less)."""
-    async def answers() -> bool:
+    async def problem() -> str | None:
         client = make_client(url, tls)
         try:
-            return await server_answers(client)
+            return await server_problem(client)
         finally:
             await client.close()
 
-    if not asyncio.run(answers()):
-        raise VidclsError(f"no Triton server answers at {url}: start one with 'vidcls serve REPO', "
-                          "or point --url at a running one")
+    why = asyncio.run(problem())
+    if why:
+        raise VidclsError(f"no Triton server answers at {url} ({why}): start one with 'vidcls serve REPO', "
+                          "or point --url at a running one (with --ssl and its certificates if it uses TLS)")
 
 
 def run(args: argparse.Namespace) -> int:

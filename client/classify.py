@@ -30,7 +30,7 @@ from vidcls.arguments import check_address
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
-                                   make_client, model_missing, served_classes, server_answers)
+                                   make_client, model_missing, served_classes, server_problem)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
 from vidcls.config import VidclsConfig
 from vidcls.errors import UsageError, VidclsError
@@ -304,18 +304,19 @@ async def _wait_for_server(fleet: Fleet, wait_s: float) -> None:
     after every file's retry budget. Endpoints of a fleet that do not answer are named."""
     deadline = time.monotonic() + max(0.0, wait_s)
     while True:
-        answers = await asyncio.gather(*(server_answers(ep.client) for ep in fleet.endpoints))
-        if any(answers):
-            for ep, ok in zip(fleet.endpoints, answers):
-                if not ok:
-                    print(f"warning: no server answers at {ep.url}; using the others", file=sys.stderr)
+        problems = await asyncio.gather(*(server_problem(ep.client) for ep in fleet.endpoints))
+        if not all(problems):
+            for ep, problem in zip(fleet.endpoints, problems):
+                if problem:
+                    print(f"warning: no server answers at {ep.url} ({problem}); using the others", file=sys.stderr)
             return
         if time.monotonic() >= deadline:
-            where = ", ".join(ep.url for ep in fleet.endpoints)
+            where = ", ".join(f"{ep.url} ({p})" for ep, p in zip(fleet.endpoints, problems))
             waited = f" within {wait_s:.0f} s" if wait_s > 0 else ""
             raise ServerUnreachable(f"no Triton server answers at {where}{waited}: start one with "
-                                    "'vidcls serve REPO', or point --url at a running one "
-                                    "(--wait-for-server SECONDS waits for one that is starting)")
+                                    "'vidcls serve REPO', or point --url at a running one (with --ssl and "
+                                    "its certificates if it uses TLS; --wait-for-server SECONDS waits for one "
+                                    "that is starting)")
         await asyncio.sleep(1.0)
 
 

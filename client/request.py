@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,12 +121,18 @@ async def endpoint_healthy(client, model: str, version: str, timeout: float = 3.
         return False
 
 
-async def server_answers(client, timeout: float = 5.0) -> bool:
-    """Whether a Triton server answers at the client's address (live; its models may still load)."""
+async def server_problem(client, timeout: float = 5.0) -> str | None:
+    """None when a Triton server answers at the client's address (live; its models may still
+    load), else why not, short (e.g. "Connection refused", a TLS handshake that failed)."""
     try:
-        return bool(await client.is_server_live(client_timeout=timeout))
-    except Exception:
-        return False
+        if await client.is_server_live(client_timeout=timeout):
+            return None
+        return "the server is not live"
+    except Exception as exc:  # noqa: BLE001 - any failure to get an answer is the answer
+        text = str(exc)
+        text = text.split("] ", 1)[1] if text.startswith("[StatusCode.") and "] " in text else text
+        text = re.sub(r"^([A-Z_]+: )?(ipv[46]:\S+: )?", "", text.rsplit("last error: ", 1)[-1])
+        return " ".join(text.split())[:160] or type(exc).__name__
 
 
 async def served_classes(client, model: str, version: str, parameter: str,

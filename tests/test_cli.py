@@ -48,7 +48,8 @@ def places(tmp_path_factory, h264_video, tiny_checkpoints):
 CASES = [
     (["bogus"], 2, "unknown command 'bogus'; the commands are: synth"),
     (["synth"], 2, "the following arguments are required: out"),
-    (["synth", "{out}", "--per-class", "0"], 2, "argument --per-class: must be at least 1"),
+    (["synth", "{out}", "--per-class", "-1"], 2, "argument --per-class: must be at least 0"),
+    (["synth", "{out}", "--per-class", "0", "--val-per-class", "0", "--test-per-class", "0"], 2, "nothing to make"),
     (["synth", "{out}", "--workers", "two"], 2, "argument --workers: expected a whole number, got 'two'"),
     (["extract", "{missing}", "{out}"], 2, "argument data: {missing} does not exist"),
     (["extract", "{flat}", "{out}"], 2, "holds class folders (Gaming, animation) but no split folders"),

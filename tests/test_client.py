@@ -405,7 +405,7 @@ def test_fleet_of_two_servers(triton_server, spare_server, many_videos, grpc_inf
 
 
 @pytest.mark.server
-def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infer, serving_config, tmp_path):
+def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infer, serving_config, tmp_path, capfd):
     from vidcls.launcher import TritonServer
 
     c = tls_certs
@@ -421,9 +421,13 @@ def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infe
         for r in read_rows(out):
             want = _direct(grpc_infer, r["path"], serving_config)  # the plain session server
             np.testing.assert_array_equal([np.float32(r[k]) for k in serving_config.classes], want)
-        # Plain text against the TLS port, and TLS without a client certificate, are refused.
+        # Plain text against the TLS port, and TLS without a client certificate, are refused: the
+        # check before the run gets no answer, so nothing is sent and no output is written.
         for extra in ([], ["--ssl", "--root-cert", str(c["ca"])]):
             rc = cli_main(["classify", paths[0], "--url", server.grpc_url, "-o", str(tmp_path / f"no{len(extra)}.csv"),
                            "--retries", "0", "--timeout", "20", "--no-progress", "-q", *extra])
             assert rc == 1
-            assert read_rows(tmp_path / f"no{len(extra)}.csv")[0]["class"] == ""
+            assert not (tmp_path / f"no{len(extra)}.csv").exists()
+            err = capfd.readouterr().err.strip()
+            assert err.startswith(f"error: no Triton server answers at {server.grpc_url} (") and "\n" not in err
+            print(err)
