@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36;
-# it lives in its own venv so the project keeps a current tritonclient.
+# perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (docs/design.md);
+# it lives in its own venv so the project keeps a current tritonclient. It needs libcudart.so.12
+# (nvidia-cuda-runtime-cu12 in the same venv): bin/perf_analyzer becomes a wrapper that puts it on
+# LD_LIBRARY_PATH, so the tool runs as typed; the binary itself is bin/perf_analyzer.bin.
 tools: $(PERF_STAMP)
 
 $(PERF_STAMP): Makefile constraints-perf.txt
@@ -31,6 +33,12 @@ $(PERF_STAMP): Makefile constraints-perf.txt
 	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
 	$(PERF_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PERF_VENV)/bin/python -m pip install -q -c constraints-perf.txt "tritonclient[all]==2.50.0" nvidia-cuda-runtime-cu12
+	cd $(PERF_VENV)/bin && if [ "$$(head -c 4 perf_analyzer)" = "$$(printf '\177ELF')" ]; then mv -f perf_analyzer perf_analyzer.bin; fi
+	printf '%s\n' '#!/bin/sh' '# perf_analyzer with its venv'"'"'s CUDA runtime on LD_LIBRARY_PATH (written by make tools)' \
+	  'bin=$$(dirname "$$(readlink -f "$$0")")' \
+	  'for d in "$$bin"/../lib/python3*/site-packages/nvidia/cuda_runtime/lib; do LD_LIBRARY_PATH="$$d$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"; done' \
+	  'export LD_LIBRARY_PATH' 'exec "$$bin/perf_analyzer.bin" "$$@"' > $(PERF_VENV)/bin/perf_analyzer
+	chmod +x $(PERF_VENV)/bin/perf_analyzer
 	touch $(PERF_STAMP)
 
 demo: setup

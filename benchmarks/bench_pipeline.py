@@ -1,4 +1,4 @@
-"""Side by side on the same videos: the reference approach vs the Triton cpu pipeline (issue 7).
+"""Side by side on the same videos: the reference approach vs the Triton cpu pipeline.
 
     .venv/bin/python benchmarks/bench_pipeline.py            # ~5 min on 2 cores (after the first export)
     .venv/bin/python benchmarks/bench_pipeline.py --quick    # fewer videos and concurrencies
@@ -19,7 +19,7 @@ Triton vs the same ONNX file run standalone with the same threads and settings. 
 
 Variants (``--variants``) are serving settings applied to the same exported repository (only
 the configs change, not the weights): ``default`` = VidclsConfig() defaults, ``before`` = the
-settings before issue 7 (every ORT session at ONNX Runtime's default threads, spinning on),
+settings before the CPU tuning (every ORT session at ONNX Runtime's default threads, spinning on),
 ``int8`` = the defaults with the opt-in INT8 backbone (``backbone_precision=int8``; quantized once,
 calibrated on the benchmark's own videos, and its feature check reported), or
 ``NAME:key=value,key=value`` = the defaults with those ``config.serving`` fields changed.
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames,
                            run_load)  # same checkpoints, inputs and load loop
 
-# Serving settings before issue 7 (what the code did: every session ORT defaults, spinning on).
+# Serving settings before the CPU tuning (what the code did: every session ORT defaults, spinning on).
 BEFORE = {"ort_intra_op_threads": 0, "backbone_threads": 0, "temporal_threads": 0, "ort_spinning": True,
           "cpu_backbone_instances": 1}
 NAMED_VARIANTS = {"before": BEFORE, "int8": {"backbone_precision": "int8"}}
@@ -456,7 +456,7 @@ def machine() -> dict:
 
 def markdown(report: dict) -> str:
     ref = report.get("reference")
-    lines = ["# vidcls pipeline benchmark (issue 7)", "",
+    lines = ["# vidcls pipeline benchmark", "",
              f"Machine: {report['machine']['cpus']} cores, {report['machine']['cpu_model']}; torch "
              f"{report['machine']['torch']}, onnxruntime {report['machine']['onnxruntime']}. "
              f"{len(report['videos'])} videos (320x240, 100-300 frames, H.264 + VP9). Default config: "

@@ -1,4 +1,4 @@
-"""The whole GPU benchmark in one command (issue 7), for a machine with an NVIDIA GPU.
+"""The whole GPU benchmark in one command, for a machine with an NVIDIA GPU.
 
     python benchmarks/gpu_bench.py                                   # NGC Triton image via docker
     python benchmarks/gpu_bench.py --tritonserver /opt/tritonserver/bin/tritonserver   # local server

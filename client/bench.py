@@ -9,6 +9,7 @@ statistics over the sweep) and ``summary.md`` (both tables and the bottleneck st
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -18,11 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vidcls.arguments import address, existing_path, positive_int
+from vidcls.client.classify import DEFAULT_URL
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.perf import (PerfError, PerfOptions, build_command, find_perf_analyzer, perf_environment,
                                 read_perf_csv, run_perf_analyzer, write_input_data)
+from vidcls.client.request import TLSOptions, make_client, server_problem
 from vidcls.client.stats import bottleneck, diff_statistics, fetch_statistics, markdown_table
 from vidcls.config import VidclsConfig
+from vidcls.errors import UsageError, VidclsError
 
 LATENCIES = (("p50", "p50 latency"), ("p95", "p95 latency"), ("p99", "p99 latency"))
 
@@ -96,41 +101,73 @@ def summary_markdown(rows, steps, meta: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving = VidclsConfig().serving
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders (input data)")
-    parser.add_argument("-u", "--url", default="127.0.0.1:8001", help="Triton gRPC endpoint")
-    parser.add_argument("-m", "--model", default=serving.ensemble)
-    parser.add_argument("--model-version", default="")
+    d = PerfOptions(model=serving.ensemble, url=DEFAULT_URL)  # the defaults are the dataclass's
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", type=existing_path,
+                        help="video files or folders (input data)")
+    parser.add_argument("-u", "--url", default=d.url, type=address, help="Triton gRPC endpoint (HOST:PORT)")
+    parser.add_argument("-m", "--model", default=d.model, help="model (the ensemble) to measure")
+    parser.add_argument("--model-version", default=d.model_version, help="model version (default: the server's policy)")
     parser.add_argument("-o", "--out", default="bench_out", help="output folder")
-    parser.add_argument("--concurrency-range", default="1:4", help="START:END[:STEP] requests in flight")
-    parser.add_argument("--measurement-mode", default="time_windows", choices=["time_windows", "count_windows"])
-    parser.add_argument("--measurement-interval", type=int, default=5000, help="window in ms (time_windows)")
-    parser.add_argument("--measurement-request-count", type=int, default=50, help="requests a window (count_windows)")
-    parser.add_argument("--stability-percentage", type=float, default=10.0,
-                        help="perf_analyzer's stability threshold between windows")
-    parser.add_argument("--max-trials", type=int, default=10, help="windows per concurrency before giving up on stability")
-    parser.add_argument("--max-videos", type=int, default=16, help="at most this many videos in the input data")
-    parser.add_argument("--shared-memory", default="none", choices=["none", "system"])
-    parser.add_argument("--perf-analyzer", default=None, help="perf_analyzer binary or its venv (default: .tools/perf)")
+    parser.add_argument("--concurrency-range", default=d.concurrency_range, help="START:END[:STEP] requests in flight")
+    parser.add_argument("--measurement-mode", default=d.measurement_mode, choices=["time_windows", "count_windows"],
+                        help="perf_analyzer's windows: fixed time, or a fixed number of requests")
+    parser.add_argument("--measurement-interval", type=positive_int, default=d.measurement_interval_ms,
+                        help="window in ms (time_windows); longer windows measure a busy machine more steadily")
+    parser.add_argument("--measurement-request-count", type=positive_int, default=d.measurement_request_count,
+                        help="requests a window (count_windows)")
+    parser.add_argument("--stability-percentage", type=float, default=d.stability_percentage,
+                        help="how much (%%) throughput and latency may vary between windows for a measurement "
+                             "to count as stable; raise it on a busy machine")
+    parser.add_argument("--max-trials", type=positive_int, default=d.max_trials,
+                        help="windows per concurrency before giving up on stability")
+    parser.add_argument("--max-videos", type=positive_int, default=16, help="at most this many videos in the input data")
+    parser.add_argument("--shared-memory", default=d.shared_memory, choices=["none", "system"],
+                        help="how perf_analyzer hands inputs to the server (system: client and server on one host)")
+    parser.add_argument("--perf-analyzer", default=None,
+                        help="perf_analyzer binary or its venv (default: .tools/perf from 'make tools', then PATH)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before perf_analyzer is stopped")
     tls = parser.add_argument_group("gRPC TLS")
-    tls.add_argument("--ssl", action="store_true")
-    tls.add_argument("--root-cert")
-    tls.add_argument("--client-cert")
-    tls.add_argument("--client-key")
+    tls.add_argument("--ssl", action="store_true", help="connect with TLS")
+    tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
+    tls.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--client-key", help="PEM client private key (mutual TLS)")
     parser.add_argument("--perf-args", default="", help="further perf_analyzer options, one quoted string")
+
+
+def _check_server(url: str, tls: TLSOptions) -> None:
+    """A server must answer before the sweep (perf_analyzer's own failure says less)."""
+    async def problem() -> str | None:
+        client = make_client(url, tls)
+        try:
+            return await server_problem(client)
+        finally:
+            await client.close()
+
+    why = asyncio.run(problem())
+    if why:
+        raise VidclsError(f"no Triton server answers at {url} ({why}): start one with 'vidcls serve REPO', "
+                          "or point --url at a running one (with --ssl and its certificates if it uses TLS)")
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = VidclsConfig()
-    videos = collect_inputs(args.videos)[: max(1, args.max_videos)]
+    videos = collect_inputs([str(v) for v in args.videos])[: max(1, args.max_videos)]
+    if not videos:
+        raise UsageError(f"no video files in {', '.join(map(str, args.videos))}")
     try:
         binary = find_perf_analyzer(args.perf_analyzer)
-        data = write_input_data(videos, out / "inputs.json", config.serving.video)
-    except (PerfError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except PerfError as exc:
+        raise UsageError(str(exc)) from None
+    tls = dict(ssl=args.ssl or bool(args.root_cert), root_cert=args.root_cert, client_cert=args.client_cert,
+               client_key=args.client_key)
+    try:
+        tls_options = TLSOptions(**tls)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_server(args.url, tls_options)
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_input_data(videos, out / "inputs.json", config.serving.video)
     opts = PerfOptions(
         model=args.model, url=args.url, model_version=args.model_version, concurrency_range=args.concurrency_range,
         measurement_mode=args.measurement_mode, measurement_interval_ms=args.measurement_interval,
@@ -138,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
         max_trials=args.max_trials, shared_memory=args.shared_memory, ssl=args.ssl, root_cert=args.root_cert,
         client_cert=args.client_cert, client_key=args.client_key,
         extra=shlex.split(args.perf_args))
-    tls = dict(ssl=args.ssl or bool(args.root_cert), root_cert=args.root_cert, client_cert=args.client_cert,
-               client_key=args.client_key)
     cmd = build_command(binary, opts, out / "inputs.json", out / "perf.csv")
     print(f"perf_analyzer: {binary}\n  sweep {args.concurrency_range} on {data['videos']} videos → {out}",
           file=sys.stderr)
@@ -153,12 +188,8 @@ def run(args: argparse.Namespace) -> int:
 
     before = stats()
     t0 = time.monotonic()
-    try:
-        run_perf_analyzer(cmd, perf_environment(binary), out / "perf_analyzer.log", timeout=args.timeout)
-        rows = read_perf_csv(out / "perf.csv")
-    except (PerfError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    run_perf_analyzer(cmd, perf_environment(binary), out / "perf_analyzer.log", timeout=args.timeout)
+    rows = read_perf_csv(out / "perf.csv")
     window = time.monotonic() - t0
     after = stats()
     steps = diff_statistics(before, after, window, args.model) if before and after else []

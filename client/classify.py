@@ -17,23 +17,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vidcls.arguments import check_address
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
-                                   make_client, model_missing)
+                                   make_client, model_missing, served_classes, server_problem)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
 from vidcls.config import VidclsConfig
+from vidcls.errors import UsageError, VidclsError
+from vidcls.launcher import DEFAULT_PORTS
 
-DEFAULT_URL = "127.0.0.1:8001"
+log = logging.getLogger(__name__)
+
+# Where `vidcls serve` listens by default (Triton's usual gRPC port).
+DEFAULT_URL = f"127.0.0.1:{DEFAULT_PORTS['grpc']}"
 
 
 @dataclass
@@ -58,6 +65,10 @@ class ClassifyOptions:
     timeout: float | None = 300.0
     shm: bool = False
     top_k: int = 0
+    # Before the run: how long to wait for a server to answer at one of the urls. 0 = ask once and
+    # fail within seconds when none answers (a wrong --url, a server not started); None = no
+    # check, the retry budget above decides (for callers that start a server alongside).
+    wait_for_server: float | None = 0.0
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
@@ -109,8 +120,8 @@ class Summary:
         return "\n".join(lines)
 
 
-class UsageError(ValueError):
-    """A problem with the options (exit code 2), not with a file."""
+class ServerUnreachable(VidclsError):
+    """No server answers at any of the urls before the run (exit code 1)."""
 
 
 def resolve_output(output: str | None, fmt: str) -> tuple[str | None, str]:
@@ -185,11 +196,24 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         raise UsageError("--concurrency must be at least 1")
     if opts.top_k < 0 or opts.top_k > opts.config.num_classes:
         raise UsageError(f"--top-k must be between 0 and {opts.config.num_classes}")
+    for url in opts.urls:
+        try:
+            check_address(url)
+        except ValueError as exc:
+            raise UsageError(f"--url {exc}") from None
+    paths = list(paths)
+    missing = [p for p in paths if not p.startswith("@") and not os.path.exists(p)]
+    missing += [p[1:] for p in paths if p.startswith("@") and not os.path.isfile(p[1:])]
+    missing += [p for p in list_files if not os.path.isfile(p)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(f"{missing[0]} does not exist{more}")
     output, fmt = resolve_output(opts.output, opts.fmt)
     inputs = collect_inputs(paths, list_files)
     summary = Summary(total=len(inputs), output=output)
     if not inputs:
-        raise UsageError("no input files found")
+        raise UsageError(f"no video files in {', '.join(paths + list(list_files)) or 'the inputs'} (folders are "
+                         "searched for video file extensions: .mp4, .mkv, .webm, .avi, .mov, ...)")
 
     header = None
     done: dict[str, dict[str, Any]] = {}
@@ -220,10 +244,16 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     req = opts.request_options()
     fleet = Fleet.from_urls(opts.urls, opts.policy, lambda u: make_client(u, opts.tls))
     try:
+        if opts.wait_for_server is not None:
+            await _wait_for_server(fleet, opts.wait_for_server)
         await _preflight(fleet, req)
+        classes = await _classes_of(fleet, req)
     except BaseException:
         await _close(fleet)
         raise
+    if classes and classes != opts.config.classes:  # a repository with its own class set
+        opts = replace(opts, config=opts.config.with_classes(classes))
+        req = opts.request_options()
     writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
         if output is not None else None
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -271,6 +301,28 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     return summary
 
 
+async def _wait_for_server(fleet: Fleet, wait_s: float) -> None:
+    """Until one endpoint answers (within seconds when ``wait_s`` is 0); ServerUnreachable after
+    that. Files are then sent only when a server is there: a wrong --url fails at once instead of
+    after every file's retry budget. Endpoints of a fleet that do not answer are named."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        problems = await asyncio.gather(*(server_problem(ep.client) for ep in fleet.endpoints))
+        if not all(problems):
+            for ep, problem in zip(fleet.endpoints, problems):
+                if problem:
+                    log.warning("no server answers at %s (%s); using the others", ep.url, problem)
+            return
+        if time.monotonic() >= deadline:
+            where = ", ".join(f"{ep.url} ({p})" for ep, p in zip(fleet.endpoints, problems))
+            waited = f" within {wait_s:.0f} s" if wait_s > 0 else ""
+            raise ServerUnreachable(f"no Triton server answers at {where}{waited}: start one with "
+                                    "'vidcls serve REPO', or point --url at a running one (with --ssl and "
+                                    "its certificates if it uses TLS; --wait-for-server SECONDS waits for one "
+                                    "that is starting)")
+        await asyncio.sleep(1.0)
+
+
 async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
     """Stop early when every reachable endpoint is ready but lacks the model: otherwise each file
     would look like a server that is still loading, and be retried."""
@@ -280,6 +332,16 @@ async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
         version = f" version {req.model_version}" if req.model_version else ""
         raise UsageError(f"model {req.model!r}{version} is not served at "
                          + ", ".join(ep.url for ep in fleet.endpoints))
+
+
+async def _classes_of(fleet: Fleet, req: RequestOptions) -> tuple[str, ...] | None:
+    """The class names the servers declare (the first that answers); the output's columns."""
+    parameter = req.config.serving.classes_parameter
+    for ep in fleet.endpoints:
+        classes = await served_classes(ep.client, req.model, req.model_version, parameter)
+        if classes:
+            return classes
+    return None
 
 
 async def _close(fleet: Fleet) -> None:
@@ -302,19 +364,24 @@ def classify_paths(paths: Iterable[str] | str, url: str | Sequence[str] = DEFAUL
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    serving = VidclsConfig().serving
+    d = ClassifyOptions()  # the defaults are the dataclass's, stated once
+    serving = d.config.serving
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="video files, folders (searched recursively for video extensions) or @LIST files")
     parser.add_argument("--list", action="append", default=[], metavar="FILE",
                         help="a file with one path per line (repeatable)")
     parser.add_argument("-u", "--url", action="append", default=argparse.SUPPRESS, metavar="HOST:PORT",
-                        help=f"Triton gRPC endpoint (default {DEFAULT_URL}); repeat or comma-separate for a fleet")
-    parser.add_argument("--balance", choices=POLICIES, default="least-outstanding",
+                        help=f"Triton gRPC endpoint (default: {d.urls[0]}, where 'vidcls serve' listens); "
+                             "repeat or comma-separate for a fleet")
+    parser.add_argument("--balance", choices=POLICIES, default=d.policy,
                         help="how requests spread over several --url endpoints")
+    parser.add_argument("--wait-for-server", type=float, default=d.wait_for_server, metavar="SECONDS",
+                        help="wait this long for a server to answer before giving up (0: fail within seconds "
+                             "when none answers; for scripts that start one just before)")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", default="-",
                      help="CSV or JSONL file (by suffix or --format), a folder (results.<format> inside), or - for stdout")
-    out.add_argument("--format", default="auto", choices=["auto", "csv", "jsonl"])
+    out.add_argument("--format", default=d.fmt, choices=["auto", "csv", "jsonl"], help="output format")
     out.add_argument("--resume", action="store_true", help="skip files already in the output and append")
     out.add_argument("--retry-failed", action="store_true",
                      help="with --resume: drop failed records from the output and try those files again")
@@ -323,19 +390,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("-q", "--quiet", action="store_true", help="no summary")
     req = parser.add_argument_group("requests")
     req.add_argument("-m", "--model", default=serving.ensemble, help="model (the ensemble) to infer")
-    req.add_argument("--model-version", default="", help="model version ('' = the server's policy)")
-    req.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight at once")
-    req.add_argument("--timeout", type=float, default=300.0, help="request deadline in seconds (0 = none)")
-    req.add_argument("--retries", type=int, default=20,
+    req.add_argument("--model-version", default=d.model_version, help="model version (default: the server's policy)")
+    req.add_argument("-c", "--concurrency", type=int, default=d.concurrency, help="requests in flight at once")
+    req.add_argument("--timeout", type=float, default=d.timeout, help="request deadline in seconds (0 = none)")
+    req.add_argument("--retries", type=int, default=d.retries,
                      help="most retries of a file after transient failures (server down, restarting)")
-    req.add_argument("--retry-timeout", type=float, default=120.0,
+    req.add_argument("--retry-timeout", type=float, default=d.retry_timeout,
                      help="give files up once every endpoint has been failing for this many seconds")
-    req.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles each time)")
-    req.add_argument("--backoff-max", type=float, default=8.0, help="longest retry delay in seconds")
+    req.add_argument("--backoff", type=float, default=d.backoff, help="first retry delay in seconds (doubles each time)")
+    req.add_argument("--backoff-max", type=float, default=d.backoff_max, help="longest retry delay in seconds")
     req.add_argument("--shm", action="store_true",
                      help="send the video bytes through system shared memory (client and server on one host)")
-    req.add_argument("--top-k", type=int, default=0,
-                     help="also report the top K classes through Triton's classification extension")
+    req.add_argument("--top-k", type=int, default=d.top_k,
+                     help="also report the top K classes through Triton's classification extension (0 = no)")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -344,25 +411,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
-    urls = [u.strip() for item in (getattr(args, "url", None) or [DEFAULT_URL]) for u in item.split(",") if u.strip()]
-    tls = TLSOptions(ssl=args.ssl or bool(args.root_cert or args.client_cert), root_cert=args.root_cert,
-                     client_cert=args.client_cert, client_key=args.client_key)
+    urls = [u.strip() for item in (getattr(args, "url", None) or ClassifyOptions.urls)
+            for u in item.split(",") if u.strip()]
+    try:
+        tls = TLSOptions(ssl=args.ssl or bool(args.root_cert or args.client_cert), root_cert=args.root_cert,
+                         client_cert=args.client_cert, client_key=args.client_key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return ClassifyOptions(
         urls=urls, output=args.output, fmt=args.format, concurrency=args.concurrency, retries=args.retries,
         retry_timeout=args.retry_timeout,
         backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
-        top_k=args.top_k)
+        top_k=args.top_k, wait_for_server=args.wait_for_server)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Usage errors (exit 2) and an unreachable server (exit 1) are raised for ``vidcls.cli`` to
+    report in one line; a file that fails is a record, and makes the exit code 1."""
+    opts = options_from_args(args)
     try:
-        opts = options_from_args(args)
         summary = asyncio.run(classify_async(args.paths, opts, args.list))
-    except (UsageError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        output, _ = resolve_output(opts.output, opts.fmt)
+        if output in (None, "-"):
+            print("interrupted; the results went to stdout: with -o FILE a run can be resumed", file=sys.stderr)
+        else:
+            print(f"interrupted; what finished is in {output}: the same command with --resume continues",
+                  file=sys.stderr)
+        return 130
     if not args.quiet:
         print(summary.format(), file=sys.stderr)
     return summary.exit_code

@@ -1,7 +1,8 @@
 """Which files a ``vidcls classify`` run covers: files, folders (recursive) and list files.
 
-A path given explicitly is always taken (even with an unusual extension, or missing: it then
-becomes a per-file "unreadable" error in the output). Inside folders only video-looking
+A path given explicitly is always taken, even with an unusual extension (``vidcls classify``
+refuses one that does not exist before it starts; an entry of a list file that has gone becomes a
+per-file "unreadable" error in the output). Inside folders only video-looking
 extensions are taken, so a folder of videos with a stray README does not produce errors.
 Every path is keyed by its absolute form: that key is what ``--resume`` matches on.
 """

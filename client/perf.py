@@ -1,9 +1,10 @@
 """perf_analyzer: finding the binary, its environment, its input data and its CSV.
 
 Here perf_analyzer comes from ``tritonclient[all]==2.50.0`` in its own venv (``make tools`` →
-``.tools/perf``; ENVIRONMENT.md): it needs ``libcudart.so.12`` from the ``nvidia-cuda-runtime-cu12``
-package of that venv on ``LD_LIBRARY_PATH``. :func:`perf_environment` is the one place that sets
-that up.
+``.tools/perf``; docs/design.md says why): it needs ``libcudart.so.12`` from the
+``nvidia-cuda-runtime-cu12`` package of that venv on ``LD_LIBRARY_PATH``. ``make tools`` makes
+``.tools/perf/bin/perf_analyzer`` a wrapper that does so (the tool runs as typed), and
+:func:`perf_environment` does the same for any perf_analyzer of such a venv.
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from vidcls.errors import VidclsError
+
 ENV_VAR = "VIDCLS_PERF_ANALYZER"
 TOOLS_DIR = Path(".tools") / "perf"
 
 
-class PerfError(RuntimeError):
-    pass
+class PerfError(VidclsError):
+    """perf_analyzer is missing or failed; the message is one line (the cause, the fix, the log)."""
+
+
+# perf_analyzer's message when throughput or latency kept varying more than -s percent between
+# its last three windows at some concurrency (a busy machine, or windows too short).
+UNSTABLE = "Failed to obtain stable measurement"
 
 
 def _repo_root() -> Path:
@@ -148,8 +156,20 @@ def run_perf_analyzer(cmd: list[str], env: dict[str, str], log_path: str | os.Pa
         except subprocess.TimeoutExpired:
             raise PerfError(f"perf_analyzer ran past {timeout:.0f} s; log: {log_path}") from None
     if proc.returncode != 0:
-        tail = "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-25:])
-        raise PerfError(f"perf_analyzer failed (exit {proc.returncode}):\n{tail}")
+        raise PerfError(failure_line(Path(log_path).read_text(errors="replace"), proc.returncode, log_path))
+
+
+def failure_line(log_text: str, returncode: int, log_path: str | os.PathLike) -> str:
+    """One line for a failed perf_analyzer run: its last message and, for the failures a user can
+    do something about, what to change."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    if any(UNSTABLE in ln for ln in lines):
+        return (f"perf_analyzer found no stable measurement (throughput or latency varied more than "
+                f"--stability-percentage between its windows, as on a busy machine): raise "
+                f"--stability-percentage (e.g. 25), lengthen --measurement-interval (e.g. 10000 ms) or raise "
+                f"--max-trials; log: {log_path}")
+    last = lines[-1] if lines else "no output"
+    return f"perf_analyzer failed (exit {returncode}): {last}; log: {log_path}"
 
 
 def read_perf_csv(path: str | os.PathLike) -> list[dict[str, float]]:

@@ -11,7 +11,9 @@ message, never retried).
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +119,33 @@ async def endpoint_healthy(client, model: str, version: str, timeout: float = 3.
             await client.is_model_ready(model, version, client_timeout=timeout))
     except Exception:
         return False
+
+
+async def server_problem(client, timeout: float = 5.0) -> str | None:
+    """None when a Triton server answers at the client's address (live; its models may still
+    load), else why not, short (e.g. "Connection refused", a TLS handshake that failed)."""
+    try:
+        if await client.is_server_live(client_timeout=timeout):
+            return None
+        return "the server is not live"
+    except Exception as exc:
+        text = str(exc)
+        text = text.split("] ", 1)[1] if text.startswith("[StatusCode.") and "] " in text else text
+        text = re.sub(r"^([A-Z_]+: )?(ipv[46]:\S+: )?", "", text.rsplit("last error: ", 1)[-1])
+        return " ".join(text.split())[:160] or type(exc).__name__
+
+
+async def served_classes(client, model: str, version: str, parameter: str,
+                         timeout: float = 5.0) -> tuple[str, ...] | None:
+    """The class names the served ensemble declares (its config's ``parameter``), or None when it
+    declares none (a repository from an older export) or cannot be asked."""
+    try:
+        answer = await client.get_model_config(model, version, as_json=True, client_timeout=timeout)
+        text = answer["config"]["parameters"][parameter]["string_value"]
+        names = json.loads(text)
+    except Exception:
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) and names else None
 
 
 async def model_missing(client, model: str, version: str, timeout: float = 5.0) -> bool | None:

@@ -15,6 +15,8 @@ ONNX Runtime's / TensorRT's first-run allocations and kernel selection.
 
 from __future__ import annotations
 
+import json
+
 from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
 from vidcls.export.wiring import LABELS_FILE, Model, Tensor
 
@@ -105,6 +107,7 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
              "input_map": [{"key": k, "value": v} for k, v in st.input_map],
              "output_map": [{"key": k, "value": v} for k, v in st.output_map]}
             for st in model.steps]}
+        d["parameters"] = [{"key": s.classes_parameter, "value": {"string_value": json.dumps(list(config.classes))}}]
         return d
     d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
     d["instance_group"] = _instances(model, config, target)

@@ -1,4 +1,4 @@
-"""INT8 backbone (opt-in, issue 7): ONNX Runtime static quantization checked against FP32 features.
+"""INT8 backbone (opt-in): ONNX Runtime static quantization checked against FP32 features.
 
 ``vidcls export CHECKPOINTS REPO --int8-calibration VIDEOS...`` writes ``model_int8.onnx`` beside
 the FP32 ``model.onnx`` of the backbone and sets ``serving.backbone_precision = "int8"`` in the

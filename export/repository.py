@@ -23,11 +23,12 @@ import argparse
 import dataclasses
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
+from vidcls.arguments import config_file
 from vidcls.config import PRESETS, REPOSITORY_CONFIG_FILE, VidclsConfig
+from vidcls.errors import UsageError
 from vidcls.export.pbtxt import MODEL_FILES, labels_text, render
 from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model, check_wiring, pipeline
 
@@ -347,9 +348,12 @@ def _check_backend_contract(repo: Path, configs: dict) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="CHECKPOINTS... REPO",
                         help="checkpoint folder(s), then the repository folder (only REPO with --configs-only)")
-    parser.add_argument("--target", choices=TARGETS, default="gpu")
+    parser.add_argument("--target", choices=TARGETS, default="gpu",
+                        help="gpu: production (TensorRT/ONNX Runtime backends, DALI or PyAV decode, KIND_GPU); "
+                             "cpu: laptops and CI (ONNX Runtime and PyAV inside the python backend; what "
+                             "'vidcls serve' runs)")
     parser.add_argument("--decode", choices=DECODERS, default=None,
-                        help="gpu target: dali (NVDEC) or cpu (PyAV; MIG slices without NVDEC). Default: dali on gpu")
+                        help="gpu target: dali (NVDEC) or cpu (PyAV; MIG slices without NVDEC) (default: dali)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                         help="gpu target: Triton backend for the backbone")
     parser.add_argument("--temporal-backend", choices=BACKENDS, default=None,
@@ -361,7 +365,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write configs, shims, labels (and the DALI pipeline) only; no checkpoints")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="config for --configs-only")
-    parser.add_argument("--config", default=None, help="a VidclsConfig JSON file for --configs-only")
+    parser.add_argument("--config", type=config_file, default=None, help="a VidclsConfig JSON file for --configs-only")
     parser.add_argument("--int8-calibration", nargs="+", default=None, metavar="VIDEOS",
                         help="opt-in INT8 backbone: calibrate on these videos (files or folders) and "
                              "serve the quantized graph if its features pass the cosine check")
@@ -371,15 +375,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.configs_only:
         if len(args.paths) != 1:
-            print("error: --configs-only takes only REPO", file=sys.stderr)
-            return 2
+            raise UsageError("--configs-only takes only REPO")
         checkpoints, repo = None, args.paths[0]
         config = VidclsConfig.load(args.config) if args.config else PRESETS[args.preset]()
     else:
         if len(args.paths) < 2:
-            print("error: give CHECKPOINTS... REPO", file=sys.stderr)
-            return 2
+            raise UsageError("give CHECKPOINTS... REPO: the checkpoint folder(s) (vidcls train), then the "
+                             "repository folder to write")
         checkpoints, repo, config = args.paths[:-1], args.paths[-1], None
+        from vidcls.checkpoint import find_models
+
+        for path in checkpoints:
+            if not Path(path).is_dir():
+                raise UsageError(f"checkpoint folder {path} does not exist" if not Path(path).exists()
+                                 else f"{path} is not a checkpoint folder")
+            try:
+                find_models(path)
+            except FileNotFoundError as exc:
+                raise UsageError(f"{exc}: give the folder 'vidcls train' wrote") from None
     from vidcls.models.backbone import BackboneUnavailable
 
     try:
@@ -388,7 +401,6 @@ def run(args: argparse.Namespace) -> int:
                          config=config, temporal_backend=args.temporal_backend,
                          int8_calibration=args.int8_calibration)
     except (BackboneUnavailable, ExportRefused) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     print(f"wrote {args.target} repository {repo}")
     return 0

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # development machines): FP16 keeps ~3 significant digits, so softmax probabilities move by
 # ~1e-3 through 8 BiLSTM directions + attention; features relative to their scale likewise.
 # 1e-2 is loose enough for FP16 rounding and still catches what TensorRT gets wrong outright
-# (issue 7: known wrong BiLSTM cases give differences of 1e-1 and more). Tighten from measurement.
+# (known wrong BiLSTM cases give differences of 1e-1 and more). Tighten from measurement.
 TRT_PROBS_ATOL = 1e-2
 TRT_FEATURES_RTOL = 2e-2
 # The served gpu pipeline (FP16 backbone, NVDEC decode) against the PyTorch reference on the same

@@ -1,4 +1,4 @@
-"""Hostile and odd inputs (issue 6): every corpus case gets its expected outcome, never a crash or hang.
+"""Hostile and odd inputs: every corpus case gets its expected outcome, never a crash or hang.
 
 Unit level here: ``vidcls.video`` directly. The server level (the same corpus through the real
 Triton ensemble) is further down, marked ``server``.

@@ -126,3 +126,28 @@ def test_bench_against_cpu_server(triton_server, client_videos, tmp_path):
     for step in (names.ensemble, names.probe, names.decode, names.backbone, names.views, names.average):
         assert models[step]["requests"] > 0
     assert models[names.ensemble]["is_ensemble"] and models[names.ensemble]["failures"] == 0
+
+
+def test_perf_analyzer_runs_as_typed():
+    """`make tools` leaves a perf_analyzer that runs without LD_LIBRARY_PATH set by hand (it needs
+    libcudart.so.12 from its own venv)."""
+    import subprocess
+
+    binary = find_perf_analyzer()
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    proc = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "libcudart" not in proc.stderr
+
+
+@pytest.mark.server
+def test_unstable_measurement_says_what_to_change(triton_server, client_videos, tmp_path, capfd):
+    """A stability threshold no machine meets: perf_analyzer gives up, and the one line says which
+    options to change."""
+    rc = cli_main(["bench", "--url", triton_server.grpc_url, str(client_videos["good"][1]), "-o", str(tmp_path),
+                   "--concurrency-range", "1:1", "--measurement-mode", "count_windows",
+                   "--measurement-request-count", "2", "--stability-percentage", "0.0001", "--max-trials", "3"])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("error: perf_analyzer found no stable measurement"), err
+    assert "--stability-percentage" in err[-1] and "--measurement-interval" in err[-1]

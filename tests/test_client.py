@@ -27,7 +27,9 @@ from vidcls.client.inputs import collect_inputs
 from vidcls.client.results import ResultWriter, fieldnames, load_done
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(progress=False, retries=1, backoff=0.01, backoff_max=0.02)
+# wait_for_server=None: no check before the run, so these runs reach the per-file retry budget
+# (what a server that goes away mid-run meets) against an address where nothing listens.
+FAST = dict(progress=False, retries=1, backoff=0.01, backoff_max=0.02, wait_for_server=None)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -119,16 +121,35 @@ def test_error_kinds():
 def test_unreachable_server_and_unreadable_file_are_recorded(tmp_path, dead_url):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"\x00" * 10)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'gone.mp4'}\n")  # a list file's entries may vanish: a record each
     out = tmp_path / "out.csv"
-    rc = cli_main(["classify", str(video), str(tmp_path / "gone.mp4"), "--url", dead_url, "-o", str(out),
-                   "--retries", "2", "--backoff", "0.01", "--no-progress", "-q"])
-    assert rc == 1
+    summary = classify_paths([str(video), f"@{listing}"], dead_url, output=str(out), **{**FAST, "retries": 2})
+    assert summary.exit_code == 1
     rows = {r["path"]: r for r in read_rows(out)}
     assert rows[str(video)]["error"].startswith("unavailable after 3 attempts")
     assert rows[str(video)]["attempts"] == "3"
     assert rows[str(tmp_path / "gone.mp4")]["error"].startswith("unreadable")
     # An existing output is never replaced by accident.
     assert cli_main(["classify", str(video), "--url", dead_url, "-o", str(out), "-q"]) == 2
+
+
+def test_no_server_fails_at_once_in_one_line(tmp_path, dead_url, capfd):
+    """Nothing listens at --url: one line and exit code 1 within seconds, before any file is sent
+    (not each file's retry budget), and no output file."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    t0 = time.monotonic()
+    rc = cli_main(["classify", str(video), "--url", dead_url, "-o", str(tmp_path / "out.csv")])
+    err = capfd.readouterr().err.strip()
+    assert rc == 1 and time.monotonic() - t0 < 10
+    assert err.startswith(f"error: no Triton server answers at {dead_url}") and "\n" not in err
+    assert not (tmp_path / "out.csv").exists()
+    # Waiting for a server that is starting: the same line after the wait.
+    t0 = time.monotonic()
+    assert cli_main(["classify", str(video), "--url", dead_url, "--wait-for-server", "2", "-q"]) == 1
+    assert 2 <= time.monotonic() - t0 < 12
+    assert "within 2 s" in capfd.readouterr().err
 
 
 def test_resume_keeps_failed_records_and_retry_failed_replaces_them(tmp_path, dead_url):
@@ -156,7 +177,7 @@ def test_long_outage_gives_remaining_files_up_quickly(tmp_path, dead_url):
         videos[-1].write_bytes(b"x")
     t0 = time.monotonic()
     summary = classify_paths([str(v) for v in videos], dead_url, progress=False, concurrency=1, retries=10_000,
-                             retry_timeout=0.5, backoff=0.05, backoff_max=0.1)
+                             retry_timeout=0.5, backoff=0.05, backoff_max=0.1, wait_for_server=None)
     assert summary.failed == 6 and time.monotonic() - t0 < 10
     assert summary.records[0]["attempts"] > 1 and summary.records[-1]["attempts"] == 1  # the outage was known
 
@@ -301,6 +322,31 @@ def test_resume_after_kill(triton_server, many_videos, tmp_path):
 
 
 @pytest.mark.server
+def test_ctrl_c_says_how_to_resume(triton_server, many_videos, tmp_path):
+    """Ctrl-C mid-run: exit 130, whole records so far, and one line saying how to continue."""
+    out = tmp_path / "interrupted.jsonl"
+    cmd = [sys.executable, "-m", "vidcls.cli", "classify", str(many_videos[0].parent), "--url", triton_server.grpc_url,
+           "-o", str(out), "--concurrency", "1", "--no-progress", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and len(out.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [f"interrupted; what finished is in {out}: the same command with --resume continues"], err
+    assert 2 <= len(read_rows(out)) < len(many_videos)  # every line a whole record
+
+
+@pytest.mark.server
 def test_survives_server_restart(spare_server, many_videos, tmp_path):
     """The client runs in a thread and the main thread restarts the server mid-run: TritonServer
     gives the server a parent-death signal tied to the thread that started it, so the restart
@@ -360,7 +406,7 @@ def test_fleet_of_two_servers(triton_server, spare_server, many_videos, grpc_inf
 
 
 @pytest.mark.server
-def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infer, serving_config, tmp_path):
+def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infer, serving_config, tmp_path, capfd):
     from vidcls.launcher import TritonServer
 
     c = tls_certs
@@ -376,9 +422,13 @@ def test_grpc_tls_end_to_end(cpu_repository, tls_certs, client_videos, grpc_infe
         for r in read_rows(out):
             want = _direct(grpc_infer, r["path"], serving_config)  # the plain session server
             np.testing.assert_array_equal([np.float32(r[k]) for k in serving_config.classes], want)
-        # Plain text against the TLS port, and TLS without a client certificate, are refused.
+        # Plain text against the TLS port, and TLS without a client certificate, are refused: the
+        # check before the run gets no answer, so nothing is sent and no output is written.
         for extra in ([], ["--ssl", "--root-cert", str(c["ca"])]):
             rc = cli_main(["classify", paths[0], "--url", server.grpc_url, "-o", str(tmp_path / f"no{len(extra)}.csv"),
                            "--retries", "0", "--timeout", "20", "--no-progress", "-q", *extra])
             assert rc == 1
-            assert read_rows(tmp_path / f"no{len(extra)}.csv")[0]["class"] == ""
+            assert not (tmp_path / f"no{len(extra)}.csv").exists()
+            err = capfd.readouterr().err.strip()
+            assert err.startswith(f"error: no Triton server answers at {server.grpc_url} (") and "\n" not in err
+            print(err)

@@ -1,4 +1,4 @@
-"""Issue 6 item 3: `vidcls train` killed with SIGKILL mid-run, then run again with the same
+"""`vidcls train` killed with SIGKILL mid-run, then run again with the same
 command, ends with the same checkpoint and training state as an uninterrupted run, bit for bit.
 
 (`vidcls extract` killed mid-run is tested in tests/test_extract.py::test_killed_process_resumes;

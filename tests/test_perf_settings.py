@@ -1,4 +1,4 @@
-"""Issue 7 performance settings: ORT threads per role, backbone instances, generated into the cpu
+"""CPU performance settings: ORT threads per role, backbone instances, generated into the cpu
 repository; the benchmark scripts' pure parts. (The speed itself: benchmarks/bench_pipeline.py.)"""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_temporal_sessions_default_to_one_thread_without_spinning():
     config = VidclsConfig()
     assert session_threads(config, "temporal") == 1
     assert config.serving.ort_spinning is False
-    # 0 everywhere = ONNX Runtime's own default (the settings before issue 7)
+    # 0 everywhere = ONNX Runtime's own default (the settings before the CPU tuning)
     assert session_threads(_serving(temporal_threads=0, ort_intra_op_threads=0), "temporal") == 0
 
 

@@ -1,4 +1,4 @@
-"""Opt-in INT8 backbone (issue 7): calibration on real decoded frames, the cosine check that fails an
+"""Opt-in INT8 backbone: calibration on real decoded frames, the cosine check that fails an
 export, the repository that serves the quantized graph, and a real server running it."""
 
 from __future__ import annotations
@@ -179,16 +179,17 @@ def test_real_server_serves_the_int8_backbone(int8_repository, tmp_path_factory,
     assert 1e-7 < diff < 0.05, diff
 
 
-def test_export_command_line_passes_the_calibration_videos(monkeypatch):
+def test_export_command_line_passes_the_calibration_videos(monkeypatch, tiny_checkpoints):
     import argparse
 
     from vidcls.export import repository
 
     parser = argparse.ArgumentParser()
     repository.add_arguments(parser)
-    args = parser.parse_args(["ck0", "ck1", "repo", "--target", "cpu", "--int8-calibration", "a.mp4", "clips/"])
+    ckpts = [str(tiny_checkpoints / "model_0"), str(tiny_checkpoints / "model_1")]  # checked before the export
+    args = parser.parse_args([*ckpts, "repo", "--target", "cpu", "--int8-calibration", "a.mp4", "clips/"])
     seen = {}
     monkeypatch.setattr(repository, "build_repository", lambda *a, **kw: seen.update(args=a, **kw))
     assert repository.run(args) == 0
-    assert seen["args"] == (["ck0", "ck1"], "repo")
+    assert seen["args"] == (ckpts, "repo")
     assert seen["int8_calibration"] == ["a.mp4", "clips/"]

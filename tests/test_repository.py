@@ -85,7 +85,7 @@ def test_cpu_repository_is_complete(cpu_repository, serving_config):
     s = serving_config.serving
     for name, cfg in configs.items():
         assert cfg.platform == "ensemble" or cfg.backend == "python", name
-        # the backbone: its own instance count (issue 7: cores split among instances); others 1
+        # the backbone: its own instance count (cores split among instances); others 1
         count = (s.cpu_backbone_instances or s.cpu_instances) if name == s.backbone else s.cpu_instances
         assert all(g.kind == KIND_CPU and g.count == count for g in cfg.instance_group), name
     for name in [s.backbone, *serving_config.temporal_model_names()]:

@@ -56,7 +56,7 @@ def test_serve_defaults_to_loopback_and_no_model_control():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["some_repo"])
+    args = parser.parse_args([str(ROOT)])  # the repository argument must be an existing folder
     assert args.host == "127.0.0.1" and args.model_control_mode == "none"
     server = TritonServer(ROOT)
     assert server.host == "127.0.0.1" and server.model_control_mode == "none"

@@ -1,4 +1,4 @@
-"""Seeking decode (issue 7): the same pixels as decoding from the start, used only where it pays,
+"""Seeking decode: the same pixels as decoding from the start, used only where it pays,
 and every unexpected case falls back to the pass from the start."""
 
 from __future__ import annotations

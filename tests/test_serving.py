@@ -233,8 +233,11 @@ def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serv
 
     import tritonclient.grpc as grpcclient
 
+    # Options after the repository are vidcls's own (the log goes where --log-file says); free
+    # ports (0), so that this test never collides with another server on Triton's usual ones.
     proc = subprocess.Popen([sys.executable, "-m", "vidcls.cli", "serve", str(cpu_repository),
-                             "--log-file", str(tmp_path / "serve.log")],
+                             "--log-file", str(tmp_path / "serve.log"),
+                             "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -243,6 +246,7 @@ def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serv
             if line.startswith("ready"):
                 break
         assert lines and lines[-1].startswith("ready"), "".join(lines)
+        assert f"log: {tmp_path / 'serve.log'}" in lines[0] and (tmp_path / "serve.log").stat().st_size > 0
         grpc_url = lines[-1].split()[2]
         assert grpc_url.startswith("127.0.0.1:")
         with grpcclient.InferenceServerClient(grpc_url) as client:

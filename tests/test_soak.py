@@ -1,4 +1,4 @@
-"""The short soak (issue 6 item 4): perf_analyzer at two concurrencies against the real cpu server.
+"""The short soak: perf_analyzer at two concurrencies against the real cpu server.
 
 Zero failed requests (Triton's own counters, every model), latency percentiles recorded, and the
 resident memory of the whole server process tree (tritonserver + python stubs) bounded after

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidcls.arguments import existing_dir, existing_path, positive_int
 from vidcls.config import VidclsConfig
+from vidcls.errors import UsageError
 from vidcls.sampling import tta_views
 from vidcls.training.features_h5 import FeatureSet, read_features, split_path
 from vidcls.training.metrics import classification_metrics
@@ -132,12 +134,13 @@ def summary_table(metrics: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("features", type=Path, help="a feature file, or a folder holding {split}_features_multiscale.h5")
-    parser.add_argument("checkpoints", type=Path, nargs="+", help="model folders or folders of model_* folders")
+    parser.add_argument("features", type=existing_path,
+                        help="a feature file, or a folder holding {split}_features_multiscale.h5")
+    parser.add_argument("checkpoints", type=existing_dir, nargs="+", help="model folders or folders of model_* folders")
     parser.add_argument("--split", default="test", help="split to evaluate when FEATURES is a folder")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: first CHECKPOINTS/eval_{split})")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,9 +149,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.features if args.features.is_file() else split_path(args.features, args.split)
+    if not path.is_file():
+        raise UsageError(f"no {args.split} feature file {path}: make it with 'vidcls extract' "
+                         f"(DATA/{args.split} holds the videos), or choose another --split")
     start = time.perf_counter()
+    try:
+        dirs = [d for p in args.checkpoints for d in find_models(p)]
+    except FileNotFoundError as exc:
+        raise UsageError(f"{exc}: give the folder 'vidcls train' wrote") from None
     models, config, metas = load_ensemble(args.checkpoints, args.device)
-    dirs = [d for p in args.checkpoints for d in find_models(p)]
     names = [d.name for d in dirs]
     if len(set(names)) < len(names):  # model_0 of two ensembles: keep them apart
         names = [f"{d.parent.name}/{d.name}" for d in dirs]

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, PRESETS, VidclsConfig
+from vidcls.config import BACKBONE_DIMS, PRESETS, VidclsConfig, class_index
 from vidcls.training.features_h5 import FeatureWriter
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,20 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
 
 # ---- work lists ---------------------------------------------------------------------------
 def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> list[VideoItem]:
-    """Every file under DATA/split/<class>/ (sorted by video id). Unknown folders are ignored
-    with a warning; half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
+    """Every file under DATA/split/<class>/ (sorted by video id). A folder names its class as the
+    config spells it or differing only in case and ``_``/``-``/space (``flat content`` is
+    Flat_Content: :func:`vidcls.config.class_index`). Unknown folders are ignored with a warning;
+    half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
     root = Path(data_dir)
     split_dir = root / split
     if not split_dir.is_dir():
         return []
     items = []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        if folder.name not in classes:
+        label = class_index(folder.name, classes)
+        if label is None:
             log.warning("%s is not a class folder (%s); ignored", folder, ", ".join(classes))
             continue
-        label = list(classes).index(folder.name)
         for f in folder.iterdir():
             if f.is_file() and not f.name.startswith(".") and ".partial." not in f.name:
                 items.append(VideoItem(f, label, f.relative_to(root).as_posix()))

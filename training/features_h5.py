@@ -1,4 +1,4 @@
-"""HDF5 feature files, compatible both ways with the reference project's files.
+"""HDF5 feature files (docs/design.md), compatible both ways with the reference project's files.
 
 ``{split}_features_multiscale.h5`` holds what the reference wrote and read:
 

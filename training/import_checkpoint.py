@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vidcls.arguments import config_file, existing_file
 from vidcls.config import (BACKBONE_DIMS, EXTERNAL_BACKBONE, TemporalConfig, VidclsConfig, backbones_for_width,
                            default_backbone_weights)
 
@@ -339,7 +340,7 @@ def _sha256(path: Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", type=Path, nargs="+", help="reference .pt checkpoints")
+    parser.add_argument("files", type=existing_file, nargs="+", help="reference .pt checkpoints")
     parser.add_argument("--out", type=Path, required=True,
                         help="an empty (or new) output folder: model_0, model_1, ... in FILE order")
     # Accepted so that older scripts keep working: files are never fully unpickled any more.
@@ -350,7 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"is {EXTERNAL_BACKBONE!r}: features from files only)")
     parser.add_argument("--backbone-weights", default=None,
                         help="recorded for extraction and export (default: none for tiny, else imagenet)")
-    parser.add_argument("--config", type=Path, default=None, help="a VidclsConfig JSON for the other settings (default: the production defaults)")
+    parser.add_argument("--config", type=config_file, default=None, help="a VidclsConfig JSON for the other settings (default: the production defaults)")
 
 
 def run(args: argparse.Namespace) -> int:

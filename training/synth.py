@@ -30,7 +30,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from vidcls.arguments import non_negative_int, positive_int
 from vidcls.config import CLASSES
+from vidcls.errors import UsageError
 from vidcls.video import encode_video
 
 SPLITS = ("train", "val", "test")
@@ -407,17 +409,19 @@ def _progress(total: int, enabled: bool):
 # ---- CLI ----------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder; clips go to OUT/{train,val,test}/<class>/")
-    parser.add_argument("--per-class", type=int, default=20, help="training clips per class")
-    parser.add_argument("--val-per-class", type=int, default=None, help="validation clips per class (default: per-class/4, at least 2)")
-    parser.add_argument("--test-per-class", type=int, default=None, help="test clips per class (default: per-class/4, at least 2)")
+    parser.add_argument("--per-class", type=non_negative_int, default=20, help="training clips per class")
+    parser.add_argument("--val-per-class", type=non_negative_int, default=None, help="validation clips per class (default: per-class/4, at least 2)")
+    parser.add_argument("--test-per-class", type=non_negative_int, default=None, help="test clips per class (default: per-class/4, at least 2)")
     parser.add_argument("--seed", type=int, default=0, help="same seed and counts → same clips")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="encoding processes")
+    parser.add_argument("--workers", type=positive_int, default=min(2, os.cpu_count() or 1), help="encoding processes")
 
 
 def run(args: argparse.Namespace) -> int:
     default_small = max(2, args.per_class // 4)
     val = default_small if args.val_per_class is None else args.val_per_class
     test = default_small if args.test_per_class is None else args.test_per_class
+    if not args.per_class + val + test:
+        raise UsageError("nothing to make: --per-class, --val-per-class and --test-per-class are all 0")
     start = time.perf_counter()
     paths = synthesize(args.out, args.per_class, val, test, args.seed, args.workers, progress=True)
     print(f"{len(paths)} clips ({args.per_class}/{val}/{test} per class for train/val/test) in "

@@ -1,6 +1,6 @@
 """``vidcls train FEATURES OUT``: Stage 2, one temporal model or an ensemble, on feature files.
 
-The defaults are the reference project's recipe: AdamW, CosineAnnealingWarmRestarts stepped
+The defaults are the reference recipe (docs/design.md): AdamW, CosineAnnealingWarmRestarts stepped
 per batch, focal loss (gamma 2, label smoothing 0.1, per-class alpha), class-balanced sampling,
 gradient clipping, three sequence augmentations, early stopping on validation accuracy and the
 best checkpoint by validation accuracy. Deviations are opt-in flags.
@@ -32,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidcls.arguments import config_file, existing_file, existing_path, positive_int
 from vidcls.config import TrainConfig, VidclsConfig
+from vidcls.errors import UsageError
 from vidcls.models.temporal import SuperEnhancedTemporalModel
 from vidcls.training.features_h5 import FeatureSet, read_features, split_path
 from vidcls.training.metrics import classification_metrics
@@ -378,19 +380,28 @@ def train_ensemble(train_file: Path, val_file: Path, out_dir: Path, config: Vidc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("features", type=Path, help="folder with train/val_features_multiscale.h5 (or use --train/--val)")
+    defaults = TrainConfig()
+    parser.add_argument("features", type=existing_path,
+                        help="folder with train/val_features_multiscale.h5 from vidcls extract (or use --train/--val)")
     parser.add_argument("out", type=Path, help="output folder: model_0 .. model_{K-1}")
-    parser.add_argument("--train", dest="train_file", type=Path, default=None, help="training feature file")
-    parser.add_argument("--val", dest="val_file", type=Path, default=None, help="validation feature file")
-    parser.add_argument("--config", type=Path, default=None,
+    parser.add_argument("--train", dest="train_file", type=existing_file, default=None, help="training feature file")
+    parser.add_argument("--val", dest="val_file", type=existing_file, default=None, help="validation feature file")
+    parser.add_argument("--config", type=config_file, default=None,
                         help="VidclsConfig JSON (default: the one stored in the training feature file)")
-    parser.add_argument("--models", type=int, default=None, help="ensemble size K (default: config.num_models); seeds config.seed+i")
+    parser.add_argument("--models", type=positive_int, default=None, help="ensemble size K (default: config.num_models); seeds config.seed+i")
     parser.add_argument("--seed", type=int, default=None, help="base seed (default: config.seed, 42)")
-    parser.add_argument("--epochs", type=int, default=None, help="max epochs (raising it continues a finished run)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--patience", type=int, default=None, help="early stopping patience on val accuracy")
+    parser.add_argument("--epochs", type=positive_int, default=None,
+                        help="max epochs; raising it continues a finished run (default: the config's; "
+                             f"{defaults.epochs} in the default preset)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help=f"sequences per training batch (default: the config's; {defaults.batch_size} in the default preset)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"AdamW learning rate (default: the config's; {defaults.lr:g} in the default preset)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help=f"AdamW weight decay (default: the config's; {defaults.weight_decay:g} in the default preset)")
+    parser.add_argument("--patience", type=positive_int, default=None,
+                        help="early stopping patience on val accuracy, in epochs "
+                             f"(default: the config's; {defaults.patience} in the default preset)")
     parser.add_argument("--scheduler-step", choices=["batch", "epoch"], default=None,
                         help="when to step CosineAnnealingWarmRestarts: 'batch' = the reference (T_0 counts "
                              "batches), 'epoch' = opt-in fix (T_0 counts epochs as the schedule intends)")
@@ -398,9 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mask-padding", action="store_true",
                         help="reference behaviour: attention/pooling/LSTM see the zero padding of augmented batches")
     parser.add_argument("--no-augment", action="store_true", help="turn the three augmentations off")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is faster for small models on a busy machine)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -410,8 +421,8 @@ def run(args: argparse.Namespace) -> int:
     val_file = args.val_file or split_path(args.features, "val")
     for f in (train_file, val_file):
         if not Path(f).exists():
-            print(f"missing feature file {f}", file=sys.stderr)
-            return 2
+            raise UsageError(f"missing feature file {f}: make it with 'vidcls extract DATA {args.features}' "
+                             "(DATA/train and DATA/val hold the videos), or pass --train/--val")
     config = VidclsConfig.load(args.config) if args.config else None
     if args.seed is not None:
         config = (config or read_features(train_file).config).replace(seed=args.seed)

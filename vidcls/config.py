@@ -5,7 +5,7 @@ backend models, the DALI pipeline and the client) reads a :class:`VidclsConfig`.
 serializes to JSON (checkpoints and model repositories carry it) and is torch-free so that the
 serving image and the client can import it.
 
-The defaults are the reference project's numbers (model, frames, scales, recipe); :meth:`VidclsConfig.tiny` is the small
+The defaults are the production model's numbers (docs/design.md); :meth:`VidclsConfig.tiny` is the small
 configuration the tests and the demo use (same code paths, smaller numbers).
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 # Output width of each backbone with its classification head replaced by identity.
 # "tiny" is our own small random-init CNN for tests, the demo and offline use (see
@@ -72,7 +72,7 @@ class TemporalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training recipe. Defaults reproduce the reference project's; improvements are opt-in."""
+    """Training recipe (docs/design.md). Defaults reproduce the reference; improvements are opt-in."""
 
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -97,7 +97,7 @@ class TrainConfig:
     aug_roll_max: int = 3
     aug_noise_p: float = 0.2
     aug_noise_sigma: float = 0.01
-    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (vidcls.models.temporal).
+    # Opt-in improvement: mask padding in attention/pooling/LSTM during training (docs/design.md).
     mask_padding: bool = True
 
 
@@ -149,6 +149,9 @@ class ServingConfig:
     probs: str = "PROBS"
     probabilities: str = "PROBABILITIES"
     class_name: str = "CLASS_NAME"
+    # The ensemble's config.pbtxt parameter listing the class names (JSON), so that a client learns
+    # them from the server (a repository may serve any class set).
+    classes_parameter: str = "vidcls_classes"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16
@@ -164,8 +167,8 @@ class ServingConfig:
     # cpu target, backbone instances (0 = cpu_instances). Two instances, each with all cores
     # (backbone_threads 0, spinning off): one video alone gets every core, two videos in flight
     # run side by side. bench_pipeline on 2 cores, same run: 0.169 videos/s at concurrency 4 like
-    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the earlier
-    # settings (one instance, spinning pools): 0.136-0.145.
+    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the settings
+    # before this tuning (one instance, spinning pools): 0.136-0.145.
     cpu_backbone_instances: int = 2
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
@@ -264,6 +267,9 @@ class VidclsConfig:
         if self.serving.backbone_precision not in BACKBONE_PRECISIONS:
             raise ValueError(f"serving.backbone_precision must be one of {BACKBONE_PRECISIONS}, "
                              f"got {self.serving.backbone_precision!r}")
+        if len({class_key(c) for c in self.classes}) != len(self.classes):
+            raise ValueError(f"class names {list(self.classes)} differ only in case, '_', '-' or spaces: "
+                             "folders could not tell them apart")
         if self.num_frames < 1 or self.frame_size < 2:
             raise ValueError("num_frames >= 1 and frame_size >= 2 required")
 
@@ -371,6 +377,16 @@ class VidclsConfig:
     def replace(self, **changes: Any) -> "VidclsConfig":
         return dataclasses.replace(self, **changes)
 
+    def with_classes(self, classes: Sequence[str]) -> "VidclsConfig":
+        """The same config for another class set (the temporal models' output width follows)."""
+        names = tuple(classes)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"a class set needs at least two distinct names, got {list(names)}")
+        for name in names:
+            if not name or any(c in name for c in "/\\\n") or name != name.strip():
+                raise ValueError(f"class name {name!r}: no slashes, line breaks or outer spaces")
+        return self.replace(classes=names, temporal=dataclasses.replace(self.temporal, num_classes=len(names)))
+
     # ---- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -420,3 +436,18 @@ def _build(cls: type, data: Mapping[str, Any]) -> Any:
             kwargs[name] = value
     return cls(**kwargs)
 
+
+def class_key(name: str) -> str:
+    """How a folder or label is matched to a class: case, ``_``, ``-`` and spaces do not count."""
+    return "".join(name.lower().replace("-", " ").replace("_", " ").split())
+
+
+def class_index(name: str, classes: Sequence[str]) -> int | None:
+    """The index of the class that ``name`` (a folder name, a label) names, or None. An exact
+    match wins; otherwise ``animation``, ``Flat Content`` and ``natural-content`` name
+    Animation, Flat_Content and Natural_Content."""
+    if name in classes:
+        return list(classes).index(name)
+    keys = [class_key(c) for c in classes]
+    key = class_key(name)
+    return keys.index(key) if key in keys else None

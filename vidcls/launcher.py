@@ -12,6 +12,9 @@ files stay untouched and several servers can share one copy.
     with TritonServer("model_repository_cpu") as server:   # free ports on 127.0.0.1
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
+``vidcls serve`` uses Triton's usual ports instead (gRPC 8001, HTTP 8000, metrics 8002; 0 = a free
+port), checks them before starting, and reports a failed start as one line with its cause.
+
 Security defaults: binds to 127.0.0.1 and keeps ``--model-control-mode none`` (no remote
 load/unload) unless told otherwise.
 """
@@ -19,7 +22,11 @@ load/unload) unless told otherwise.
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -32,19 +39,31 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from vidcls.arguments import existing_dir, port
+from vidcls.errors import VidclsError
+
 # The python backend moves every tensor through /dev/shm. Its default region (1 MiB, growing by
 # 1 MiB) would be regrown many times by production-size frames (64x256x256x3 = 12.6 MB a video).
 SHM_DEFAULT_BYTES = 64 * 1024 * 1024
 SHM_GROWTH_BYTES = 64 * 1024 * 1024
+SHM_DIR = Path("/dev/shm")
 # Seconds Triton waits for in-flight requests on shutdown, then our grace before SIGKILL.
 EXIT_TIMEOUT_S = 10
 STOP_GRACE_S = 20.0
 READY_TIMEOUT_S = 180.0
 LOG_TAIL_LINES = 60
+# Triton's usual ports: what `vidcls serve` uses unless told otherwise (0 = a free port).
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
+PORT_NAMES = {"grpc": "gRPC", "http": "HTTP", "metrics": "metrics"}
 
 
-class ServerError(RuntimeError):
-    """The server did not start or become ready; the message carries the log tail."""
+class ServerError(VidclsError):
+    """The server did not start or become ready. The message is one line (the cause, and where the
+    log is); :attr:`log_tail` holds the end of the server log."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
 
 
 def _pytriton_dirs() -> tuple[Path, Path, str]:
@@ -98,17 +117,68 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(host: str, number: int) -> bool:
+    """Whether something listens on ``host:number`` (a bind attempt; SO_REUSEADDR so that a port
+    with only closed connections in TIME_WAIT counts as free, as it does for tritonserver)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host or "0.0.0.0", number))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise ServerError(f"cannot bind port {number} on {host}: {exc.strerror}") from None
+    return False
+
+
 def _client_host(host: str) -> str:
     """The address a local client connects to for a server bound to ``host``."""
     return "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
 
 
+# glog's error lines: "E1201 23:25:01.123456 12345 file.cc:123] message" (2.51 quotes the message).
+_ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+\s+\d+ [^\]]+\] ?(.*)$")
+# Errors every start on a machine without a GPU logs; they are not why a start failed.
+_HARMLESS = ("CudaDriverHelper", "unable to create stream", "DCGM", "NVML", "pinned memory")
+
+
+def error_cause(log_text: str) -> str | None:
+    """Why a start failed, in one line, from tritonserver's log: the first model that failed to
+    load (and how many more did), else its last error; None when it logged no error."""
+    errors = []
+    for line in log_text.splitlines():
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            message = match.group(1).strip()
+            if len(message) > 1 and message[0] == message[-1] == '"':
+                message = message[1:-1]
+            message = " ".join(message.replace("\\n", " ").split())
+            if not any(h in message for h in _HARMLESS):
+                errors.append(message)
+    if not errors:
+        return None
+    failed_loads = [e for e in errors if e.startswith("failed to load")]
+    cause = failed_loads[0] if failed_loads else errors[-1]
+    if len(failed_loads) > 1:
+        cause += f" (and {len(failed_loads) - 1} more models)"
+    if "unable to find backend library" in cause:
+        cause += ("; this tritonserver has only the python backend: serve a cpu repository "
+                  "(vidcls export CHECKPOINTS REPO --target cpu)")
+    return cause
+
+
 class TritonServer:
     """A tritonserver process on ``repo``; a context manager (start on enter, stop on exit).
 
-    Ports default to free ones chosen at the first :meth:`start` and kept by :meth:`restart`, so
-    clients can reconnect to the same address. The server runs in its own process group (python
-    backend stubs included) and :meth:`stop` ends that group only.
+    Ports default to free ones (None or 0) chosen at the first :meth:`start` and kept by
+    :meth:`restart`, so clients can reconnect to the same address. The server runs in its own
+    process group (python backend stubs included) and :meth:`stop` ends that group only.
+
+    Each server gets its own identity (``--id``, what ``GET /v2`` answers as its name) and its own
+    prefix for the python backend's /dev/shm regions: readiness counts only when the answer comes
+    from this server (not from another one on the same port), and :meth:`stop` removes exactly
+    the regions this server's stubs left behind, whatever way it ended.
     """
 
     def __init__(self, repo: str | Path, grpc_port: int | None = None, http_port: int | None = None,
@@ -117,11 +187,12 @@ class TritonServer:
                  model_control_mode: str = "none", ready_timeout: float = READY_TIMEOUT_S):
         self.repo = Path(repo).resolve()
         self.host = host
-        self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        self.grpc_port, self.http_port, self.metrics_port = grpc_port or None, http_port or None, metrics_port or None
         self.extra_args = list(extra_args)
         self.log_verbose = log_verbose
         self.model_control_mode = model_control_mode
         self.ready_timeout = ready_timeout
+        self.server_id = f"vidcls-{os.getpid()}-{secrets.token_hex(4)}"
         self._own_log_dir = None
         if log_path is None:
             self._own_log_dir = tempfile.mkdtemp(prefix="vidcls-triton-")
@@ -129,6 +200,7 @@ class TritonServer:
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen | None = None
         self._log_file = None
+        self._log_start = 0  # where this start's lines begin in the (appended) log
 
     # ---- addresses ---------------------------------------------------------------------------
     @property
@@ -147,6 +219,11 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def shm_prefix(self) -> str:
+        """Name prefix of this server's python-backend shared-memory regions in /dev/shm."""
+        return self.server_id.replace("-", "_") + "_"
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -158,12 +235,14 @@ class TritonServer:
             f"--model-repository={self.repo}",
             f"--backend-directory={home / 'backends'}",
             f"--model-control-mode={self.model_control_mode}",
+            f"--id={self.server_id}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--log-verbose={self.log_verbose}",
         ]
         return args + self.extra_args
@@ -177,16 +256,38 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
+    def check_repository(self) -> None:
+        """Fail before starting when ``repo`` cannot be a model repository: tritonserver would
+        report an empty one as ready, serving nothing."""
+        if not self.repo.is_dir():
+            raise ServerError(f"model repository {self.repo} is not a folder")
+        if not any(self.repo.glob("*/config.pbtxt")):
+            deeper = sorted(p.parent.parent for p in self.repo.glob("*/*/config.pbtxt"))
+            hint = (f"; did you mean {deeper[0]}?" if deeper
+                    else "; make one with 'vidcls export CHECKPOINTS REPO --target cpu'")
+            raise ServerError(f"{self.repo} is not a model repository (no MODEL/config.pbtxt in it){hint}")
+
+    def preflight(self) -> None:
+        """What must hold before starting: a model repository, and ports. Free ports where none was
+        given; given ones must not be in use (else tritonserver would load every model first and
+        only then fail to bind)."""
+        self.check_repository()
+        for key in DEFAULT_PORTS:
+            attr = f"{key}_port"
+            if getattr(self, attr) is None:
+                setattr(self, attr, free_port(self.host if self.host not in ("", "::") else "127.0.0.1"))
+            elif port_in_use(self.host or "0.0.0.0", getattr(self, attr)):
+                raise ServerError(f"port {getattr(self, attr)} is in use ({PORT_NAMES[key]}, {self.host}): another "
+                                  f"server runs there; stop it or choose another {PORT_NAMES[key]} port "
+                                  "(0 = a free one)")
+
     def start(self) -> "TritonServer":
         if self.running():
             return self
-        if not self.repo.is_dir():
-            raise ServerError(f"model repository {self.repo} is not a folder")
-        for attr in ("grpc_port", "http_port", "metrics_port"):
-            if getattr(self, attr) is None:
-                setattr(self, attr, free_port(self.host if self.host not in ("", "::") else "127.0.0.1"))
+        self.preflight()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
+        self._log_start = self._log_file.tell()
         self._proc = subprocess.Popen(self.command(), env=self.environment(), stdin=subprocess.DEVNULL,
                                       stdout=self._log_file, stderr=subprocess.STDOUT,
                                       start_new_session=True,  # setsid: its own process group
@@ -198,25 +299,66 @@ class TritonServer:
             raise
         return self
 
+    def _get(self, path: str) -> tuple[int, bytes] | None:
+        """(status, body) of an HTTP GET on this server's HTTP port; None when nothing answers."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+
+    def answers_as_itself(self) -> bool:
+        """Whether the HTTP port is answered by this server (its ``--id``), not another one."""
+        got = self._get("/v2")
+        if got is None or got[0] != 200:
+            return False
+        try:
+            return json.loads(got[1]).get("name") == self.server_id
+        except ValueError:
+            return False
+
     def wait_ready(self, timeout: float) -> None:
-        """Until /v2/health/ready answers 200 (strict readiness: every model loaded)."""
+        """Until this server (checked by its identity) answers /v2/health/ready with 200: strict
+        readiness, every model loaded; then the repository's vidcls ensemble must be ready too."""
         deadline = time.monotonic() + timeout
-        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 code = None if self._proc is None else self._proc.returncode
-                raise ServerError(f"tritonserver exited (code {code}) before it was ready\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+                raise self._failure(f"tritonserver exited (code {code}) before it was ready")
+            ready = self._get("/v2/health/ready")
+            if ready is not None and ready[0] == 200 and self.answers_as_itself():
+                self._check_ensemble()
+                return
             time.sleep(0.25)
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s\n{self.log_tail()}")
+        raise self._failure(f"tritonserver not ready after {timeout:.0f} s")
+
+    def _check_ensemble(self) -> None:
+        from vidcls.config import REPOSITORY_CONFIG_FILE, VidclsConfig
+
+        config_file = self.repo / REPOSITORY_CONFIG_FILE
+        if not config_file.exists():
+            return  # not a vidcls repository: every model it has is loaded, nothing more to check
+        ensemble = VidclsConfig.load(config_file).serving.ensemble
+        got = self._get(f"/v2/models/{ensemble}/ready")
+        if got is None or got[0] != 200:
+            raise self._failure(f"tritonserver is up but does not serve the ensemble {ensemble!r} of {self.repo}")
+
+    def _failure(self, what: str) -> ServerError:
+        """A one-line ServerError: what happened, the first error tritonserver logged, the log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        cause = error_cause(text)
+        return ServerError(f"{what}: {cause or 'no error in its log'} (log: {self.log_path})", self.log_tail())
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds."""
+        """SIGTERM the server's process group, SIGKILL it after ``grace`` seconds, then remove the
+        shared-memory regions its python stubs left (a killed or failed server leaves them)."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
@@ -228,9 +370,20 @@ class TritonServer:
         if proc is not None:
             # Stubs left behind by a killed server would hold their shared memory.
             _signal_group(proc.pid, signal.SIGKILL)
+            self.remove_shm()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def shm_regions(self) -> list[Path]:
+        return sorted(SHM_DIR.glob(self.shm_prefix + "*")) if SHM_DIR.is_dir() else []
+
+    def remove_shm(self) -> None:
+        for region in self.shm_regions():
+            try:
+                region.unlink()
+            except OSError:
+                pass
 
     def restart(self) -> "TritonServer":
         """Stop and start again on the same ports."""
@@ -281,27 +434,29 @@ def _signal_group(pid: int, sig: int) -> None:
 
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("repo", help="Triton model repository (vidcls export)")
+    parser.add_argument("repo", type=existing_dir, help="Triton model repository (made by vidcls export)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind gRPC, HTTP and metrics to (0.0.0.0 exposes the server)")
-    # Free ports by default (printed once ready), so a second server or a test never collides;
-    # pass --grpc-port 8001 --http-port 8000 --metrics-port 8002 for Triton's usual ones.
-    parser.add_argument("--grpc-port", type=int, default=0, help="0 = a free port")
-    parser.add_argument("--http-port", type=int, default=0, help="0 = a free port")
-    parser.add_argument("--metrics-port", type=int, default=0, help="0 = a free port")
-    parser.add_argument("--log-verbose", type=int, default=0)
-    parser.add_argument("--log-file", default=None, help="server log (default: a temporary file)")
+    for key, number in DEFAULT_PORTS.items():
+        parser.add_argument(f"--{key}-port", type=port, default=number,
+                            help=f"{PORT_NAMES[key]} port (Triton's usual one; 0 = a free port)")
+    parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver's log verbosity (0 = quiet)")
+    parser.add_argument("--log-file", default=None, help="server log (default: a file in a temporary folder)")
     parser.add_argument("--model-control-mode", default="none", choices=["none", "explicit", "poll"],
                         help="'none' forbids remote model load/unload")
-    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S)
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                        help="seconds to wait for every model to load")
     tls = parser.add_argument_group("gRPC TLS (passed to tritonserver)")
-    tls.add_argument("--grpc-use-ssl", action="store_true")
-    tls.add_argument("--grpc-use-ssl-mutual", action="store_true")
-    tls.add_argument("--grpc-server-cert")
-    tls.add_argument("--grpc-server-key")
-    tls.add_argument("--grpc-root-cert")
-    parser.add_argument("extra", nargs=argparse.REMAINDER,
-                        help="further tritonserver options after '--'")
+    tls.add_argument("--grpc-use-ssl", action="store_true", help="serve gRPC over TLS")
+    tls.add_argument("--grpc-use-ssl-mutual", action="store_true", help="require client certificates")
+    tls.add_argument("--grpc-server-cert", help="PEM server certificate")
+    tls.add_argument("--grpc-server-key", help="PEM server private key")
+    tls.add_argument("--grpc-root-cert", help="PEM CA certificate(s) for client certificates")
+    # tritonserver's own options go after '--' (vidcls.cli hands them over untouched), so that
+    # vidcls's options work anywhere on the command line.
+    parser.set_defaults(passthrough=[])
+    parser.passthrough_to = "tritonserver"
+    parser.epilog = "tritonserver's own options go after '--', e.g.: vidcls serve REPO -- --log-info=false"
 
 
 def tls_args(args: argparse.Namespace) -> list[str]:
@@ -317,17 +472,26 @@ def tls_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def server_from_args(args: argparse.Namespace) -> TritonServer:
+    return TritonServer(args.repo, grpc_port=args.grpc_port, http_port=args.http_port,
+                        metrics_port=args.metrics_port, host=args.host,
+                        extra_args=tls_args(args) + list(getattr(args, "passthrough", [])), log_path=args.log_file,
+                        log_verbose=args.log_verbose, model_control_mode=args.model_control_mode,
+                        ready_timeout=args.ready_timeout)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt()
+
+
 def run(args: argparse.Namespace) -> int:
-    extra = [a for a in (args.extra or []) if a != "--"]
-    server = TritonServer(args.repo, grpc_port=args.grpc_port or None, http_port=args.http_port or None,
-                          metrics_port=args.metrics_port or None, host=args.host,
-                          extra_args=tls_args(args) + extra, log_path=args.log_file,
-                          log_verbose=args.log_verbose, model_control_mode=args.model_control_mode,
-                          ready_timeout=args.ready_timeout)
-    # SIGTERM ends the server like Ctrl-C does (also when started in the background, where the
-    # shell leaves SIGINT ignored).
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    server = server_from_args(args)
+    # SIGTERM and SIGHUP (a closed terminal) end the server like Ctrl-C does (also when started
+    # in the background, where the shell leaves SIGINT ignored).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    server.preflight()
     print(f"starting tritonserver on {server.repo} (log: {server.log_path})", flush=True)
     try:
         server.start()
@@ -336,11 +500,8 @@ def run(args: argparse.Namespace) -> int:
         print("Ctrl-C stops the server.", flush=True)
         while server.running():
             time.sleep(0.5)
-        print(f"tritonserver exited\n{server.log_tail()}", file=sys.stderr)
-        return 1
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        code = server._proc.returncode if server._proc is not None else None
+        raise server._failure(f"tritonserver exited (code {code})")
     except KeyboardInterrupt:
         print("stopping tritonserver ...", flush=True)
         return 0

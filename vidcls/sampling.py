@@ -26,7 +26,7 @@ def sample_indices(num_frames: int, count: int = 64) -> np.ndarray:
 
 
 def scale_indices(length: int, scale: float) -> np.ndarray:
-    """Rows of a ``length``-row feature sequence that temporal scale ``scale`` keeps."""
+    """Rows of a ``length``-row feature sequence that temporal scale ``scale`` keeps (docs/design.md)."""
     if scale == 1.0:
         return np.arange(length, dtype=np.int64)
     n = max(int(length * scale), 5)
@@ -38,7 +38,7 @@ def multiscale_length(length: int, scales: Sequence[float]) -> int:
 
 
 def view_indices(length: int, view: str) -> np.ndarray:
-    """Rows of an L-row sequence that TTA view ``view`` takes, in order."""
+    """Rows of an L-row sequence that TTA view ``view`` takes, in order (docs/design.md)."""
     idx = np.arange(length, dtype=np.int64)
     if view == "original":
         return idx

@@ -17,16 +17,17 @@ import json
 import time
 from pathlib import Path
 
+from vidcls.arguments import positive_int
 from vidcls.config import VidclsConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (reused on re-runs)")
-    parser.add_argument("--per-class", type=int, default=12, help="training videos per class")
-    parser.add_argument("--test-per-class", type=int, default=5, help="held-out videos per class")
-    parser.add_argument("--models", type=int, default=None, help="ensemble size (default: the demo config's 2)")
-    parser.add_argument("--epochs", type=int, default=None, help="max training epochs (default: the demo config's)")
-    parser.add_argument("--concurrency", type=int, default=4, help="gRPC requests in flight while classifying")
+    parser.add_argument("--per-class", type=positive_int, default=12, help="training videos per class")
+    parser.add_argument("--test-per-class", type=positive_int, default=5, help="held-out videos per class")
+    parser.add_argument("--models", type=positive_int, default=None, help="ensemble size (default: the demo config's 2)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="max training epochs (default: the demo config's)")
+    parser.add_argument("--concurrency", type=positive_int, default=4, help="gRPC requests in flight while classifying")
     parser.add_argument("--fresh", action="store_true", help="delete the working folder first")
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vidcls.config import BACKBONE_DIMS, EXTERNAL_BACKBONE, VidclsConfig
+from vidcls.errors import VidclsError
 
 
 class TinyCNN(nn.Module):
@@ -50,7 +51,12 @@ def _torchvision_model(name: str, imagenet: bool) -> nn.Module:
         "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
         "resnet101": tvm.ResNet101_Weights.IMAGENET1K_V2,
     }[name]
-    model = getattr(tvm, name)(weights=weights if imagenet else None)
+    try:
+        model = getattr(tvm, name)(weights=weights if imagenet else None)
+    except OSError as exc:  # the download (urllib's URLError is an OSError); cached weights need none
+        raise VidclsError(f"could not get the ImageNet weights of {name} ({getattr(exc, 'reason', exc)}): "
+                          "on a machine without internet access pass --weights FILE (a state dict you "
+                          "have), or --weights none (random; for tests)") from None
     if name.startswith("resnet"):
         model.fc = nn.Identity()
     else:
@@ -117,7 +123,7 @@ def build_backbone(config: VidclsConfig, weights: str = "none", seed: int = 0) -
 
 def _load_state_dict(path: Path) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"backbone weights file {path} not found")
+        raise VidclsError(f"backbone weights file {path} not found (--weights takes imagenet, none or a file)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -1,4 +1,4 @@
-"""SuperEnhancedTemporalModel (the reference project's): BiLSTM + self-attention + attention pooling.
+"""SuperEnhancedTemporalModel (docs/design.md): BiLSTM + self-attention + attention pooling.
 
 Parameter names match the reference project so its checkpoints load unchanged. Unlike the
 reference, padding is masked (packed LSTM, key_padding_mask, masked pooling softmax) when

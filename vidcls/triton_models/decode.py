@@ -28,7 +28,7 @@ class DecodeModel(BatchedModel):
             frames = [
                 decode_frames(video, indices, cfg.frame_size, num_frames=int(indices.max()) + 1,
                               max_missing_fraction=cfg.limits.max_missing_fraction,
-                              limits=cfg.limits)  # the decoder's picture-size bound
+                              limits=cfg.limits)  # the decoder's picture-size bound (docs/limits.md)
                 for video, indices in zip(rows(item[s.video]), rows(item[s.frame_indices]))
             ]
         except Exception as exc:  # this request's error, not the batch's

@@ -1,4 +1,5 @@
-"""temporal_views: per-frame features → multi-scale sequence → one tensor per TTA view.
+"""temporal_views: per-frame features → multi-scale sequence → one tensor per TTA view
+(docs/design.md: multi-scale features, TTA views).
 
 FEATURES FP32 [T, D] → VIEW_<NAME> FP32 [L_view, D] for each view of config.tta_views. The whole
 batch is one gather + average (vidcls.sampling works on [B, T, D]).
