@@ -10,6 +10,12 @@ result into a response. Isolation rules:
   request never fails the requests it was batched with;
 - a :class:`vidcls.video.VideoError` becomes ``INVALID_ARG`` with the message ``"<code>: <message>"``
   (the client reports the code); anything else becomes ``INTERNAL`` naming the model.
+- an error is kept as text (:class:`Failure`), never as the exception: a caught exception's
+  traceback holds the frames that held the request's input array, often in a reference cycle
+  (the frame that caught it keeps it in a local list), and Python's cycle collector runs by object
+  counts, not bytes. Each refused upload then kept its bytes in the python backend's shared-memory
+  region until some later collection, and the region grew by about one upload per refusal.
+  :func:`failure` reads the message and clears those frames at once.
 
 ``triton_python_backend_utils`` exists only inside the python backend stub, so it is imported in
 :meth:`initialize`; the processing code (``process``) is plain numpy and testable without Triton.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +39,33 @@ CONFIG_PARAMETER = "vidcls_config"
 CONFIG_FILENAME = "vidcls_config.json"
 
 Batch = list[dict[str, np.ndarray]]
-Result = "dict[str, np.ndarray] | BaseException"
+Result = "dict[str, np.ndarray] | Failure"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request's error as the client will read it; holds no reference to the request."""
+
+    message: str
+    invalid_input: bool  # True: the input's fault (INVALID_ARG); False: ours (INTERNAL)
+
+
+def failure(exc: BaseException, model_name: str) -> Failure:
+    """The :class:`Failure` for ``exc``, after releasing what ``exc`` keeps alive (see the module
+    docstring): the locals of every frame in its traceback and in the exceptions chained to it."""
+    if isinstance(exc, VideoError):
+        result = Failure(f"{exc.code}: {exc.message}", True)
+    else:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        result = Failure(f"internal: {model_name} failed: {detail}", False)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips frames still running
+        chained = exc.__context__ or exc.__cause__
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        exc = chained
+    return result
 
 
 def load_config(model_dir: str | Path, parameters: dict[str, Any]) -> VidclsConfig:
@@ -71,7 +104,7 @@ class BatchedModel:
                 batch.append(self.read_inputs(request))
                 slots.append(i)
             except BaseException as exc:  # noqa: BLE001 - must become this request's error
-                results[i] = exc
+                results[i] = failure(exc, self.model_name)
         for slot, result in zip(slots, self.process_isolated(batch)):
             results[slot] = result
         return [self.respond(r) for r in results]
@@ -98,38 +131,32 @@ class BatchedModel:
         return out
 
     def process_isolated(self, batch: Batch) -> list[Any]:
+        """:meth:`process` with every exception (returned or raised) turned into a :class:`Failure`."""
         if not batch:
             return []
         try:
             results = self.process(batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
-            return results
         except BaseException as exc:  # noqa: BLE001
             if len(batch) == 1:
-                return [exc]
-            out = []
+                return [failure(exc, self.model_name)]
+            results = []
             for item in batch:  # find the culprit: the others still get their answers
                 try:
-                    out.append(self.process([item])[0])
+                    results.append(self.process([item])[0])
                 except BaseException as single:  # noqa: BLE001
-                    out.append(single)
-            return out
+                    results.append(failure(single, self.model_name))
+        return [failure(r, self.model_name) if isinstance(r, BaseException) else r for r in results]
 
     def respond(self, result: Any):
         pb = self.pb
-        if isinstance(result, BaseException):
-            return pb.InferenceResponse(error=self.to_error(result))
+        if isinstance(result, Failure):
+            code = pb.TritonError.INVALID_ARG if result.invalid_input else pb.TritonError.INTERNAL
+            return pb.InferenceResponse(error=pb.TritonError(result.message, code))
         tensors = [pb.Tensor(name, np.ascontiguousarray(value, dtype=self.output_dtypes.get(name, value.dtype)))
                    for name, value in result.items()]
         return pb.InferenceResponse(output_tensors=tensors)
-
-    def to_error(self, exc: BaseException):
-        pb = self.pb
-        if isinstance(exc, VideoError):
-            return pb.TritonError(f"{exc.code}: {exc.message}", pb.TritonError.INVALID_ARG)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return pb.TritonError(f"internal: {self.model_name} failed: {detail}", pb.TritonError.INTERNAL)
 
 
 def rows(array: np.ndarray) -> list[np.ndarray]:
