@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vidcls.client.fleet import POLICIES, Fleet
-from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
                                    make_client, model_missing)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
 from vidcls.config import VidclsConfig
+from vidcls.inputs import collect_inputs
 
 DEFAULT_URL = "127.0.0.1:8001"
 

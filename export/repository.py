@@ -192,7 +192,7 @@ def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, verbose:
     record, into ``backbone/1/int8_report.json`` and print its summary."""
     import json
 
-    from vidcls.client.inputs import collect_inputs
+    from vidcls.inputs import collect_inputs
     from vidcls.export.quantize import feature_summary, prediction_agreement, quantize_backbone
 
     videos = collect_inputs([str(p) for p in calibration])

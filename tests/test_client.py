@@ -23,8 +23,8 @@ import pytest
 from vidcls.cli import main as cli_main
 from vidcls.client.classify import classify_paths
 from vidcls.client.fleet import Endpoint, Fleet
-from vidcls.client.inputs import collect_inputs
 from vidcls.client.results import ResultWriter, fieldnames, load_done
+from vidcls.inputs import collect_inputs, discover
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(progress=False, retries=1, backoff=0.01, backoff_max=0.02)
@@ -55,6 +55,26 @@ def test_collect_inputs_folders_lists_explicit(tmp_path):
     found = collect_inputs([str(tmp_path / "a"), f"@{listing}", str(tmp_path / "missing.mp4")],
                            list_files=[str(listing)])
     assert found == [str(tmp_path / p) for p in ("a/1.mp4", "a/b/2.MKV", "a/b/3.webm", "x.bin", "missing.mp4")]
+
+
+def test_discovery_follows_the_allowed_containers(tmp_path):
+    """One rule for "is this a video file": the extensions of the containers the probe allows, so
+    a folder gives every file a decision and never one the probe would refuse by its container."""
+    import dataclasses
+
+    from vidcls.config import InputLimits
+
+    names = ["a.mpg", "b.VOB", "c.wmv", "d.mxf", "e.dv", "f.ogv", "g.wav", "h.txt", ".hidden.mp4", "i.mov", "noext"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    decided = {Path(p).name: why for p, why in discover([str(tmp_path)])}
+    assert set(decided) == set(names)  # every file has a row
+    assert {n for n, why in decided.items() if why is None} == {"a.mpg", "b.VOB", "c.wmv", "d.mxf", "e.dv", "f.ogv",
+                                                                 "i.mov"}
+    assert "hidden" in decided[".hidden.mp4"] and ".wav" in decided["g.wav"] and "no extension" in decided["noext"]
+    # A server that refuses MPEG program streams: its .mpg/.vob files are not picked up either.
+    strict = dataclasses.replace(InputLimits(), allowed_containers=("mov", "mp4"))
+    assert collect_inputs([str(tmp_path)], limits=strict) == [str(tmp_path / "i.mov")]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, VidclsConfig
+from vidcls.config import BACKBONE_DIMS, InputLimits, VidclsConfig
 from vidcls.training.features_h5 import FeatureWriter, split_path
 
 SPLITS = ("train", "val", "test")
@@ -72,22 +72,36 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
 
 
 # ---- work lists ---------------------------------------------------------------------------
-def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> list[VideoItem]:
-    """Every file under DATA/split/<class>/ (sorted by video id). Unknown folders are ignored
-    with a warning; half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
+def list_videos(data_dir: str | Path, split: str, classes: Sequence[str],
+                limits: InputLimits | None = None) -> list[VideoItem]:
+    """Every video file under DATA/split/<class>/ (sorted by video id): the same rule as
+    ``vidcls classify`` folders (:func:`vidcls.inputs.not_a_video`: extensions of the containers
+    ``limits`` allow; hidden files are not videos). Other files are named in a warning, unknown
+    folders too; half-written synth outputs (``*.partial.*``) are skipped."""
+    from vidcls.inputs import not_a_video
+
     root = Path(data_dir)
     split_dir = root / split
     if not split_dir.is_dir():
         return []
-    items = []
+    items, others = [], []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if folder.name not in classes:
             print(f"warning: {folder} is not a class folder ({', '.join(classes)}); ignored", file=sys.stderr)
             continue
         label = list(classes).index(folder.name)
         for f in folder.iterdir():
-            if f.is_file() and not f.name.startswith(".") and ".partial." not in f.name:
+            if not f.is_file() or ".partial." in f.name:
+                continue
+            if not_a_video(f, limits):
+                others.append(f.relative_to(root).as_posix())
+            else:
                 items.append(VideoItem(f, label, f.relative_to(root).as_posix()))
+    if others:
+        others.sort()
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        print(f"warning: {len(others)} file(s) under {split_dir} are not videos and are skipped: {shown}",
+              file=sys.stderr)
     return sorted(items, key=lambda it: it.video_id)
 
 
@@ -256,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for split in args.splits:
-        items = list_videos(args.data, split, config.classes)
+        items = list_videos(args.data, split, config.classes, config.limits)
         if not items:
             print(f"{split}: no videos under {args.data / split}, skipped")
             continue
