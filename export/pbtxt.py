@@ -15,6 +15,9 @@ ONNX Runtime's / TensorRT's first-run allocations and kernel selection.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from vidcls.config import VidclsConfig
 from vidcls.export.wiring import LABELS_FILE, Model, Tensor
 from vidcls.triton_models.base import CONFIG_FILENAME, CONFIG_PARAMETER
@@ -104,6 +107,9 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
              "input_map": [{"key": k, "value": v} for k, v in st.input_map],
              "output_map": [{"key": k, "value": v} for k, v in st.output_map]}
             for st in model.steps]}
+        # What the probe enforces, for clients (vidcls classify refuses an oversize file unread).
+        limits = json.dumps(dataclasses.asdict(config.limits), sort_keys=True, separators=(",", ":"))
+        d["parameters"] = [{"key": s.limits_parameter, "value": {"string_value": limits}}]
         return d
     d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
     d["instance_group"] = _instances(model, config, target)

@@ -142,6 +142,13 @@ class InputLimits:
     # decode time small for long files with frequent key frames (vidcls.video.decode_frames).
     max_decode_s: float = 600.0
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InputLimits":
+        """Limits published by a server (the ensemble's ``limits_parameter``); keys this version
+        does not know are ignored, so a newer server's limits still apply here."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return _build(cls, {k: v for k, v in data.items() if k in known})
+
     def video_extensions(self) -> frozenset[str]:
         """Lower-case file name extensions (with the dot) of the allowed containers."""
         return frozenset(ext for name in self.allowed_containers for ext in CONTAINER_EXTENSIONS.get(name, ()))
@@ -168,6 +175,9 @@ class ServingConfig:
     probs: str = "PROBS"
     probabilities: str = "PROBABILITIES"
     class_name: str = "CLASS_NAME"
+    # The ensemble's config parameter that publishes the input limits (JSON): clients read it to
+    # refuse an oversize file without sending it, and to pick a folder's files as the probe would.
+    limits_parameter: str = "vidcls_limits"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16

@@ -175,6 +175,15 @@ def _video_stream(container):
     return stream
 
 
+def check_size(size: int, limits: InputLimits) -> None:
+    """The checks on the byte count alone (``empty``, ``max_bytes``): the probe makes them before
+    opening the bytes, and ``vidcls classify`` before reading a file."""
+    if size == 0:
+        raise VideoError("empty", "the file is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
+
+
 def _packet_kind(packet) -> str | None:
     """What a demuxed packet is for counting and decoding frames.
 
@@ -215,10 +224,11 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
     """
     limits = limits or InputLimits()
     fileobj, size = _as_file(source)
-    if size == 0:
-        raise VideoError("empty", "the file is empty (0 bytes)")
-    if size > limits.max_bytes:
-        raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
+    try:
+        check_size(size, limits)
+    except VideoError:
+        fileobj.close()
+        raise
     with fileobj, _open(fileobj, limits) as container:
         fmt_names = set(container.format.name.split(","))
         if not fmt_names & set(limits.allowed_containers):
