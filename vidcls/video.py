@@ -424,7 +424,8 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
                 continue
             stats["packets"] = stats.get("packets", 0) + 1
             _check_deadline(deadline, limits)
-            owed.extend([True] * _dropped_before(slots, previous, packet.pts))
+            # A hostile AVI can claim any gap; no more repeats than frames still wanted are queued.
+            owed.extend([True] * min(_dropped_before(slots, previous, packet.pts), last_needed + 1))
             previous = packet.pts if packet.pts is not None else previous
             owed.append(kind == "repeat")
             if kind == "repeat":
