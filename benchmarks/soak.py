@@ -424,7 +424,7 @@ def hostile_soak(url: str, pid: int, files: Sequence[tuple[str, Path]], seconds:
         "files": [{"kind": k, "name": p.name, "mb": mb(p.stat().st_size)} for k, p in files],
         "concurrency": concurrency, "duration_s": round(elapsed, 1),
         "requests": sum(v["requests"] for v in totals.values()),
-        "by_kind": totals, "unexpected": unexpected,
+        "by_kind": totals, "warmup_by_kind": warm_counts, "unexpected": unexpected,
         "memory": {
             "processes": end["processes"],
             "rss_baseline_mb": mb(baseline["rss"]), "rss_end_mb": mb(end["rss"]),

@@ -163,3 +163,30 @@ def test_large_refused_uploads_do_not_pile_up_in_server_memory(memory_server, se
     # /dev/shm; after it, memory is what the first round left.
     assert growth["rss"] < MAX_GROWTH and growth["shm"] < MAX_GROWTH, f"after {sent / MIB:.0f} MiB sent: {report}"
     assert memory_server.running()
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
+def test_hostile_soak_runs_against_a_server(memory_server, tmp_path):
+    """benchmarks/soak.py --hostile: good, broken and oversize uploads at once, every answer the
+    expected one, memory recorded (its figures are in docs/limits.md; the bound is tested above)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "hostile"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "soak.py"), "--hostile", "--short", "--url", memory_server.grpc_url,
+         "--pid", str(memory_server.pid), "--hostile-max-mb", str(LIMIT / MIB), "--seconds-per-level", "8",
+         "--concurrency", "2", "--max-growth-pct", "1000", "--out", str(out), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=280, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "soak.json").read_text())
+    assert not r["unexpected"] and r["requests"] > 0
+    # The warm-up round sends every file from every thread: each kind is there, each answered right.
+    assert set(r["warmup_by_kind"]) == {"good", "broken", "oversize"}
+    for counts in (*r["warmup_by_kind"].values(), *r["by_kind"].values()):
+        assert counts["requests"] == counts["as_expected"]
+    assert r["memory"]["shm_baseline_mb"] > 0 and "Hostile soak" in (out / "soak.md").read_text()
