@@ -254,8 +254,7 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         # Every file, with why it is not sent; never the output file itself (it may sit in the folder).
         return [(p, why) for p, why in discover(paths, list_files, limits) if p != own]
 
-    inputs_found = found(opts.config.limits)
-    inputs = [p for p, _ in inputs_found]
+    inputs = [p for p, _ in found(opts.config.limits)]
     summary = Summary(total=len(inputs), output=output)
     if not inputs:
         raise UsageError("no input files found")
