@@ -103,7 +103,7 @@ CONTAINER_EXTENSIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What the probe accepts before any decoding (issue 6). Each limit is named in its error.
+    """What the probe accepts before any decoding. Each limit is named in its error.
 
     The allow-lists are the security boundary: FFmpeg has demuxers and decoders for hundreds of
     formats, and only those below are ever opened. Every exclusion and its reason: docs/limits.md.
