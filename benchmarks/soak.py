@@ -15,6 +15,14 @@ so a failure anywhere counts even if perf_analyzer hid it.
 Writes ``soak.json`` (everything, samples included) and ``soak.md`` (the table for the README)
 into ``--out``. Exit status 1 if any request failed or memory grew past ``--max-rss-growth-mb``.
 
+``--hostile`` replaces perf_analyzer by threads that send, all at once, a mix of good videos,
+broken files (random bytes, a cut mp4, text) as large as the byte limit allows, and oversize
+files (over ``max_bytes``; the server must refuse them with ``max_bytes``). Memory (RSS and PSS of
+the tree, and the /dev/shm regions it maps) is taken after a warm-up round that sends every file
+once, during the run and at the end: refused uploads must not pile up in the server (the exit
+status checks the first quarter of the run against the last). Its own server gets
+``--hostile-max-mb`` as its byte limit, so that "oversize" stays a few tens of MB.
+
 Loopback only: the script refuses a server address that is not 127.0.0.1 / ::1 / localhost.
 """
 
@@ -22,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -33,7 +40,6 @@ from pathlib import Path
 from typing import Sequence
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 MODES = {
     # concurrencies, seconds per concurrency, perf_analyzer window (ms), memory sample period (s)
@@ -42,54 +48,13 @@ MODES = {
 }
 
 
-# ---- memory of a process tree, from /proc ----------------------------------------------------------
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    kids = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
+# ---- memory of the server's process tree ---------------------------------------------------------
 def tree_memory(pid: int) -> dict[str, int]:
-    """Summed RSS and PSS (bytes) of ``pid`` and all its descendants.
+    """RSS, PSS and /dev/shm bytes of ``pid`` and all its descendants
+    (:func:`vidcls.launcher.process_memory`: why RSS over-states and PSS does not)."""
+    from vidcls.launcher import process_memory
 
-    RSS counts a shared page in every process that maps it (the python backend's /dev/shm region
-    is mapped by the server and each stub), so the RSS sum over-states the total; PSS divides
-    shared pages among their users and is the honest total. Both are recorded.
-    """
-    rss = pss = n = 0
-    for p in process_tree(pid):
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                rss += int(f.read().split()[1]) * PAGE
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-                        break
-            n += 1
-        except (OSError, ValueError, IndexError):
-            continue
-    return {"rss": rss, "pss": pss, "processes": n}
+    return process_memory(pid)
 
 
 class MemorySampler(threading.Thread):
@@ -212,7 +177,9 @@ def make_videos(out: Path, count: int = 4) -> list[Path]:
     return paths
 
 
-def build_repo(work: Path, preset: str) -> Path:
+def build_repo(work: Path, preset: str, max_bytes: int | None = None) -> Path:
+    import dataclasses
+
     import torch
 
     from vidcls.checkpoint import save_model
@@ -220,16 +187,19 @@ def build_repo(work: Path, preset: str) -> Path:
     from vidcls.export.repository import build_repository
     from vidcls.models.temporal import SuperEnhancedTemporalModel
 
-    repo = work / f"repo_{preset}"
+    repo = work / (f"repo_{preset}" + (f"_max{max_bytes}" if max_bytes else ""))
     if (repo / "vidcls_config.json").exists():
         return repo
     config = (VidclsConfig.tiny(num_models=2) if preset == "tiny" else VidclsConfig.demo())
     ckpts = work / f"checkpoints_{preset}"
-    for i, seed in enumerate(config.model_seeds):
-        torch.manual_seed(seed)
-        save_model(ckpts / f"model_{i}", SuperEnhancedTemporalModel(config.temporal).eval(), config,
-                   meta={"seed": seed, "backbone_weights": "none"})
-    return build_repository(ckpts, repo, target="cpu")
+    if not (ckpts / "model_0").exists():
+        for i, seed in enumerate(config.model_seeds):
+            torch.manual_seed(seed)
+            save_model(ckpts / f"model_{i}", SuperEnhancedTemporalModel(config.temporal).eval(), config,
+                       meta={"seed": seed, "backbone_weights": "none"})
+    if max_bytes:
+        config = config.replace(limits=dataclasses.replace(config.limits, max_bytes=max_bytes))
+    return build_repository(ckpts, repo, target="cpu", config=config)
 
 
 def check_loopback(url: str) -> None:
@@ -319,6 +289,177 @@ def soak(url: str, pid: int, videos: Sequence[Path], concurrency: Sequence[int],
     return result
 
 
+# ---- hostile mix: good, broken and oversize uploads at once --------------------------------------
+HOSTILE_MODES = {
+    # seconds of sending, threads (requests in flight), memory sample period (s)
+    "short": dict(seconds=30.0, concurrency=4, sample_s=0.5),
+    "long": dict(seconds=180.0, concurrency=6, sample_s=1.0),
+}
+
+
+def make_hostile_inputs(out: Path, videos: Sequence[Path], max_bytes: int) -> list[tuple[str, Path]]:
+    """(kind, file) pairs: the good videos; broken files just under ``max_bytes`` (random bytes, an
+    mp4 cut in half and padded with random bytes, text); oversize files (random bytes and a valid
+    video padded past ``max_bytes``)."""
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    big = int(max_bytes * 0.9)
+    over = int(max_bytes * 1.5)
+    good = Path(videos[0]).read_bytes()
+    specs = {
+        "broken_random.bin": lambda: rng.integers(0, 256, big, dtype=np.uint8).tobytes(),
+        "broken_cut.mp4": lambda: good[: len(good) // 2] + rng.integers(0, 256, big, dtype=np.uint8).tobytes(),
+        "broken_text.txt": lambda: (b"not a video, just words. " * (big // 25 + 1))[:big],
+        "oversize_random.bin": lambda: rng.integers(0, 256, over, dtype=np.uint8).tobytes(),
+        "oversize_padded.mp4": lambda: good + bytes(over - len(good)),
+    }
+    files = [("good", Path(v)) for v in videos]
+    for name, make in specs.items():
+        path = out / f"{max_bytes}_{name}"
+        if not path.exists():
+            path.write_bytes(make())
+        files.append(("oversize" if name.startswith("oversize") else "broken", path))
+    return files
+
+
+def _expected(kind: str, error) -> bool:
+    """Whether a request's outcome is the right one for its kind of file."""
+    if kind == "good":
+        return error is None
+    if error is None:
+        return False
+    message = error.message() if hasattr(error, "message") else str(error)
+    if kind == "oversize":
+        return "max_bytes:" in message
+    return "StatusCode.INVALID_ARGUMENT" in str(error.status() if hasattr(error, "status") else "") \
+        or any(f"{code}:" in message for code in ("not_a_video", "corrupt", "no_frames", "container"))
+
+
+def hostile_soak(url: str, pid: int, files: Sequence[tuple[str, Path]], seconds: float, concurrency: int,
+                 sample_s: float, out: Path, model: str, input_name: str) -> dict:
+    import random
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    check_loopback(url)
+    out.mkdir(parents=True, exist_ok=True)
+    payloads = [(kind, path.name, np.frombuffer(path.read_bytes(), np.uint8)[None]) for kind, path in files]
+    lock = threading.Lock()
+    counts: dict[str, dict[str, int]] = {}
+    unexpected: list[str] = []
+
+    def send(client, kind: str, name: str, data) -> None:
+        inp = grpcclient.InferInput(input_name, list(data.shape), "UINT8")
+        inp.set_data_from_numpy(data)
+        error = None
+        try:
+            client.infer(model, [inp], client_timeout=300)
+        except Exception as exc:
+            error = exc
+        ok = _expected(kind, error)
+        with lock:
+            c = counts.setdefault(kind, {"requests": 0, "as_expected": 0})
+            c["requests"] += 1
+            c["as_expected"] += int(ok)
+            if not ok and len(unexpected) < 20:
+                unexpected.append(f"{name}: {error if error is not None else 'a result'}")
+
+    sampler = MemorySampler(pid, sample_s)
+    sampler.sample()
+    sampler.start()
+    sampler.label = "warmup"
+    warm = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+    state = {"deadline": 0.0}
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        with grpcclient.InferenceServerClient(url) as client:
+            # The warm-up round: every thread sends every file once, at the concurrency of the run,
+            # so the python backend's regions have grown to the batches this load forms.
+            for kind, name, data in rnd.sample(payloads, len(payloads)):
+                send(client, kind, name, data)
+            warm.wait()
+            go.wait()
+            while time.monotonic() < state["deadline"]:
+                kind, name, data = rnd.choice(payloads)
+                send(client, kind, name, data)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    warm.wait()
+    time.sleep(2 * sample_s)  # the warm-up's last answers have released their buffers
+    warm_counts = {k: dict(v) for k, v in counts.items()}
+    baseline = sampler.sample()
+    sampler.label = "hostile"
+    t0 = time.monotonic()
+    state["deadline"] = t0 + seconds
+    go.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    time.sleep(2 * sample_s)  # the last answers have released their buffers
+    sampler.label = "end"
+    end = sampler.sample()
+    sampler.stop()
+    after = [s for s in sampler.samples if s["phase"] in ("hostile", "end")]
+    # Does memory keep growing with the requests, or hold a level set by the load? The mean of the
+    # first quarter of the run against the last quarter answers that (end vs warm-up also counts
+    # what the load itself keeps: buffers sized for several uploads in flight at once).
+    q = max(1, len(after) // 4)
+    first_q = {k: statistics.mean(s[k] for s in after[:q]) for k in ("rss", "shm")}
+    last_q = {k: statistics.mean(s[k] for s in after[-q:]) for k in ("rss", "shm")}
+    mb = lambda b: round(b / 2**20, 1)  # noqa: E731
+    pct = lambda a, b: round(100.0 * (b - a) / a, 2) if a else None  # noqa: E731
+    totals = {k: {"requests": v["requests"] - warm_counts.get(k, {}).get("requests", 0),
+                  "as_expected": v["as_expected"] - warm_counts.get(k, {}).get("as_expected", 0)}
+              for k, v in counts.items()}
+    result = {
+        "url": url, "model": model, "server_pid": pid, "mode": "hostile",
+        "files": [{"kind": k, "name": p.name, "mb": mb(p.stat().st_size)} for k, p in files],
+        "concurrency": concurrency, "duration_s": round(elapsed, 1),
+        "requests": sum(v["requests"] for v in totals.values()),
+        "by_kind": totals, "warmup_by_kind": warm_counts, "unexpected": unexpected,
+        "memory": {
+            "processes": end["processes"],
+            "rss_baseline_mb": mb(baseline["rss"]), "rss_end_mb": mb(end["rss"]),
+            "rss_peak_mb": mb(max(s["rss"] for s in after)),
+            "rss_growth_mb": mb(end["rss"] - baseline["rss"]), "rss_growth_pct": pct(baseline["rss"], end["rss"]),
+            "pss_baseline_mb": mb(baseline["pss"]), "pss_end_mb": mb(end["pss"]),
+            "shm_baseline_mb": mb(baseline["shm"]), "shm_end_mb": mb(end["shm"]),
+            "shm_growth_pct": pct(baseline["shm"], end["shm"]),
+            "rss_first_quarter_mb": mb(first_q["rss"]), "rss_last_quarter_mb": mb(last_q["rss"]),
+            "rss_quartile_growth_pct": pct(first_q["rss"], last_q["rss"]),
+            "shm_quartile_growth_pct": pct(first_q["shm"], last_q["shm"]),
+        },
+        "samples": sampler.samples,
+    }
+    (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "soak.md").write_text(hostile_markdown(result))
+    return result
+
+
+def hostile_markdown(r: dict) -> str:
+    m = r["memory"]
+    kinds = ", ".join(f"{k} {v['requests']} ({v['as_expected']} as expected)" for k, v in sorted(r["by_kind"].items()))
+    sizes = ", ".join(f"{f['name']} {f['mb']} MB" for f in r["files"] if f["kind"] != "good")
+    return "\n".join([
+        f"Hostile soak: {r['duration_s']:.0f} s, {r['concurrency']} requests in flight, loopback gRPC; "
+        f"good videos mixed with {sizes}.",
+        "",
+        f"- requests: **{r['requests']}** ({kinds}); unexpected outcomes: **{len(r['unexpected'])}**",
+        f"- server memory (tritonserver + {m['processes'] - 1} python stubs) after a warm-up round -> end: "
+        f"RSS {m['rss_baseline_mb']} -> {m['rss_end_mb']} MB ({m['rss_growth_pct']:+}%; peak {m['rss_peak_mb']} MB), "
+        f"PSS {m['pss_baseline_mb']} -> {m['pss_end_mb']} MB, /dev/shm {m['shm_baseline_mb']} -> {m['shm_end_mb']} MB",
+        f"- during the run, first quarter -> last quarter (mean): RSS {m['rss_first_quarter_mb']} -> "
+        f"{m['rss_last_quarter_mb']} MB ({m['rss_quartile_growth_pct']:+}%), /dev/shm {m['shm_quartile_growth_pct']:+}%",
+    ]) + "\n"
+
+
 def markdown(r: dict) -> str:
     m = r["memory"]
     lines = [
@@ -359,6 +500,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs") / "soak")
     p.add_argument("--max-rss-growth-mb", type=float, default=256.0,
                    help="exit 1 if the process tree's RSS grows more than this after warm-up")
+    p.add_argument("--hostile", action="store_true",
+                   help="good, broken and oversize uploads at once instead of perf_analyzer (see above)")
+    p.add_argument("--hostile-max-mb", type=float, default=24.0,
+                   help="--hostile: the byte limit of our own server, and the size the broken/oversize files "
+                        "are made from (with --url: the served max_bytes, in MiB)")
+    p.add_argument("--max-growth-pct", type=float, default=10.0,
+                   help="--hostile: exit 1 if RSS or /dev/shm grows more than this from the first to the last "
+                        "quarter of the run")
     args = p.parse_args(argv)
     m = dict(MODES[args.mode or "short"])
     if args.concurrency:
@@ -373,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     videos = args.videos or make_videos(args.work / "videos")
     names = VidclsConfig().serving
+    max_bytes = int(args.hostile_max_mb * 2**20) if args.hostile else None
     server = None
     try:
         if args.url:
@@ -380,17 +530,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from vidcls.launcher import TritonServer
 
-            repo = args.repo or build_repo(args.work, args.preset)
+            repo = args.repo or build_repo(args.work, args.preset, max_bytes)
             server = TritonServer(repo, log_path=args.out / "tritonserver.log").start()
             url, pid = server.grpc_url, server.pid
             print(f"server on {url} (pid {pid})", flush=True)
-        result = soak(url, pid, videos, m["concurrency"], m["seconds"], m["window_ms"], m["sample_s"], args.out,
-                      names.ensemble, names.video)
+        if args.hostile:
+            h = dict(HOSTILE_MODES[args.mode or "short"])
+            if args.seconds_per_level:
+                h["seconds"] = args.seconds_per_level
+            if args.concurrency:
+                h["concurrency"] = int(args.concurrency.split(",")[-1])
+            files = make_hostile_inputs(args.work / "hostile", videos, max_bytes)
+            result = hostile_soak(url, pid, files, h["seconds"], h["concurrency"], h["sample_s"], args.out,
+                                  names.ensemble, names.video)
+        else:
+            result = soak(url, pid, videos, m["concurrency"], m["seconds"], m["window_ms"], m["sample_s"], args.out,
+                          names.ensemble, names.video)
     finally:
         if server is not None:
             server.stop()
-    print(markdown(result))
     print(f"wrote {args.out / 'soak.json'} and {args.out / 'soak.md'}")
+    if args.hostile:
+        print(hostile_markdown(result))
+        mem = result["memory"]
+        ok = result["requests"] > 0 and not result["unexpected"] \
+            and mem["rss_quartile_growth_pct"] <= args.max_growth_pct \
+            and (mem["shm_quartile_growth_pct"] or 0.0) <= args.max_growth_pct
+        return 0 if ok else 1
+    print(markdown(result))
     ok = result["failures"] == 0 and result["perf_analyzer_errors"] == 0 and result["requests"] > 0 \
         and result["memory"]["rss_growth_mb"] <= args.max_rss_growth_mb
     return 0 if ok else 1

@@ -21,13 +21,13 @@ from typing import Any
 
 from vidcls.arguments import address, existing_path, positive_int
 from vidcls.client.classify import DEFAULT_URL
-from vidcls.client.inputs import collect_inputs
 from vidcls.client.perf import (PerfError, PerfOptions, build_command, find_perf_analyzer, perf_environment,
                                 read_perf_csv, run_perf_analyzer, write_input_data)
 from vidcls.client.request import TLSOptions, make_client, server_problem
 from vidcls.client.stats import bottleneck, diff_statistics, fetch_statistics, markdown_table
 from vidcls.config import VidclsConfig
 from vidcls.errors import UsageError, VidclsError
+from vidcls.inputs import collect_inputs
 
 LATENCIES = (("p50", "p50 latency"), ("p95", "p95 latency"), ("p99", "p99 latency"))
 

@@ -1,6 +1,12 @@
 """``vidcls classify PATHS... --url HOST:PORT``: batch classification over gRPC to CSV/JSONL.
 
 Files are sent to the Triton ensemble with bounded concurrency (asyncio, tritonclient.grpc.aio).
+Every file found gets a row: a result, an error, or ``skipped`` with the reason (a file in a
+folder that is not a video by :mod:`vidcls.inputs`' rule). The client reads the input limits the
+server publishes (the ensemble's ``limits_parameter``): a folder's files are picked as the
+server's probe would take them, and a file over ``max_bytes`` (or empty) is refused with the
+server's error code without being read or sent. At most ``max_inflight_bytes`` of file contents
+are held at once (a bigger file goes alone), whatever ``--concurrency`` is.
 Each result is written and flushed as it arrives, so a killed run loses nothing it finished and
 ``--resume`` continues it without classifying a file twice. A file the server rejects is recorded
 with the server's message and the run goes on; transient failures (server down or restarting)
@@ -29,18 +35,22 @@ from typing import Any, Iterable, Sequence
 
 from vidcls.arguments import check_address
 from vidcls.client.fleet import POLICIES, Fleet
-from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
-                                   make_client, model_missing, served_classes, server_problem)
+                                   make_client, model_missing, served_classes, served_limits, server_problem)
 from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
-from vidcls.config import VidclsConfig
+from vidcls.config import InputLimits, VidclsConfig
 from vidcls.errors import UsageError, VidclsError
+from vidcls.inputs import discover, path_key
 from vidcls.launcher import DEFAULT_PORTS
+from vidcls.video import VideoError, check_size
 
 log = logging.getLogger(__name__)
 
 # Where `vidcls serve` listens by default (Triton's usual gRPC port).
 DEFAULT_URL = f"127.0.0.1:{DEFAULT_PORTS['grpc']}"
+# File contents held in memory at once, all requests in flight together (a request's serialized
+# copies come on top, about twice more).
+DEFAULT_MAX_INFLIGHT_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass
@@ -69,6 +79,7 @@ class ClassifyOptions:
     # fail within seconds when none answers (a wrong --url, a server not started); None = no
     # check, the retry budget above decides (for callers that start a server alongside).
     wait_for_server: float | None = 0.0
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
@@ -78,8 +89,9 @@ class ClassifyOptions:
 
 @dataclass
 class Summary:
-    total: int = 0  # inputs found
-    skipped: int = 0  # already in the output (--resume)
+    total: int = 0  # files found
+    resumed: int = 0  # already in the output (--resume)
+    skipped: int = 0  # not sent: not videos (a row with the reason)
     classified: int = 0
     failed: int = 0
     previously_failed: int = 0  # failed records kept from an earlier run
@@ -101,8 +113,8 @@ class Summary:
         return 1 if (self.failed or self.previously_failed) else 0
 
     def format(self, max_errors: int = 10) -> str:
-        lines = [f"classified {self.classified}, failed {self.failed}, skipped (already in output) "
-                 f"{self.skipped} of {self.total} inputs in {self.elapsed_s:.1f} s "
+        lines = [f"classified {self.classified}, failed {self.failed}, skipped (not videos) {self.skipped}, "
+                 f"already in output {self.resumed} of {self.total} files in {self.elapsed_s:.1f} s "
                  f"({self.throughput:.2f} videos/s, {self.retries} retries)"]
         if self.per_class:
             lines.append("per class: " + ", ".join(f"{c} {n}" for c, n in sorted(self.per_class.items())))
@@ -136,11 +148,58 @@ async def _read(path: str) -> bytes:
     return await asyncio.to_thread(Path(path).read_bytes)
 
 
-async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: RequestOptions) -> dict[str, Any]:
+class ByteBudget:
+    """Admits files while their bytes together stay within ``limit``; a file bigger than the limit
+    is admitted alone. Keeps a folder of large files from filling the client's memory."""
+
+    def __init__(self, limit: int):
+        self.limit = max(1, int(limit))
+        self.used = 0
+        self.peak = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, size: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+            self.peak = max(self.peak, self.used)
+
+    async def release(self, size: int) -> None:
+        async with self._cond:
+            self.used -= size
+            self._cond.notify_all()
+
+
+def _record(path: str, opts: ClassifyOptions) -> dict[str, Any]:
     record: dict[str, Any] = {"path": path, "class": "", **{c: None for c in opts.config.classes},
-                              "latency_ms": None, "error": "", "attempts": 0, "endpoint": ""}
+                              "latency_ms": None, "error": "", "skipped": "", "attempts": 0, "endpoint": ""}
     if opts.top_k:
         record["top_k"] = None
+    return record
+
+
+async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: RequestOptions,
+                        limits: InputLimits | None, budget: ByteBudget) -> dict[str, Any]:
+    record = _record(path, opts)
+    try:
+        size = os.stat(path).st_size
+        if limits is not None:
+            check_size(size, limits)  # the server's own check, before a byte is read
+    except OSError as exc:
+        record["error"] = f"unreadable: {exc.strerror or exc}"
+        return record
+    except VideoError as exc:
+        record["error"] = f"{exc}; refused by the client (the server's limit), not sent"
+        return record
+    await budget.acquire(size)
+    try:
+        return await _send(path, record, fleet, opts, req)
+    finally:
+        await budget.release(size)
+
+
+async def _send(path: str, record: dict[str, Any], fleet: Fleet, opts: ClassifyOptions,
+                req: RequestOptions) -> dict[str, Any]:
     try:
         data = await _read(path)
     except OSError as exc:
@@ -208,8 +267,17 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UsageError(f"{missing[0]} does not exist{more}")
+    if opts.max_inflight_bytes < 1:
+        raise UsageError("--max-inflight-mb must be positive")
     output, fmt = resolve_output(opts.output, opts.fmt)
-    inputs = collect_inputs(paths, list_files)
+    paths, list_files = list(paths), list(list_files)
+    own = path_key(output) if output not in (None, "-") else None
+
+    def found(limits: InputLimits) -> list[tuple[str, str | None]]:
+        # Every file, with why it is not sent; never the output file itself (it may sit in the folder).
+        return [(p, why) for p, why in discover(paths, list_files, limits) if p != own]
+
+    inputs = [p for p, _ in found(opts.config.limits)]
     summary = Summary(total=len(inputs), output=output)
     if not inputs:
         raise UsageError(f"no video files in {', '.join(paths + list(list_files)) or 'the inputs'} (folders are "
@@ -237,7 +305,7 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         raise UsageError("--resume needs an output file")
 
     todo = [p for p in inputs if p not in done]
-    summary.skipped = len(inputs) - len(todo)
+    summary.resumed = len(inputs) - len(todo)
     if not todo:
         return summary
 
@@ -248,12 +316,16 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
             await _wait_for_server(fleet, opts.wait_for_server)
         await _preflight(fleet, req)
         classes = await _classes_of(fleet, req)
+        limits = await _served_limits(fleet, req, opts.config)
     except BaseException:
         await _close(fleet)
         raise
     if classes and classes != opts.config.classes:  # a repository with its own class set
         opts = replace(opts, config=opts.config.with_classes(classes))
         req = opts.request_options()
+    # The folders' files, picked by the limits the server enforces (its allowed containers).
+    why_not = dict(found(limits or opts.config.limits))
+    budget = ByteBudget(opts.max_inflight_bytes)
     writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
         if output is not None else None
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -272,7 +344,9 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
             writer.write(record)
         summary.records.append(record)
         summary.retries += max(0, record["attempts"] - 1)
-        if record["error"]:
+        if record["skipped"]:
+            summary.skipped += 1
+        elif record["error"]:
             summary.failed += 1
             summary.errors.append((record["path"], record["error"]))
             bar.set_postfix(errors=summary.failed, refresh=False)
@@ -287,7 +361,13 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
                 path = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            finish(await _classify_one(path, fleet, opts, req))
+            why = why_not.get(path)
+            if why:
+                record = _record(path, opts)
+                record["skipped"] = why
+                finish(record)
+            else:
+                finish(await _classify_one(path, fleet, opts, req, limits, budget))
 
     try:
         await asyncio.gather(*(worker() for _ in range(min(opts.concurrency, len(todo)))))
@@ -341,6 +421,15 @@ async def _classes_of(fleet: Fleet, req: RequestOptions) -> tuple[str, ...] | No
         classes = await served_classes(ep.client, req.model, req.model_version, parameter)
         if classes:
             return classes
+    return None
+
+
+async def _served_limits(fleet: Fleet, req: RequestOptions, config: VidclsConfig) -> InputLimits | None:
+    """The input limits the first answering endpoint publishes (a fleet serves one repository)."""
+    for ep in fleet.endpoints:
+        limits = await served_limits(ep.client, req.model, req.model_version, config.serving.limits_parameter)
+        if limits is not None:
+            return limits
     return None
 
 
@@ -403,6 +492,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="send the video bytes through system shared memory (client and server on one host)")
     req.add_argument("--top-k", type=int, default=d.top_k,
                      help="also report the top K classes through Triton's classification extension (0 = no)")
+    req.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / 2**20,
+                     help="most MiB of file contents held at once, all requests together (a bigger file goes alone)")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -424,7 +515,8 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
-        top_k=args.top_k, wait_for_server=args.wait_for_server)
+        top_k=args.top_k, wait_for_server=args.wait_for_server,
+        max_inflight_bytes=int(args.max_inflight_mb * 2**20))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -159,6 +159,22 @@ async def model_missing(client, model: str, version: str, timeout: float = 5.0) 
         return None
 
 
+async def served_limits(client, model: str, version: str, parameter: str, timeout: float = 5.0):
+    """The :class:`~vidcls.config.InputLimits` the server enforces, from the model's config
+    parameter ``parameter`` (the ensemble publishes them); None when it publishes none or cannot
+    be asked (then the server alone decides)."""
+    import json
+
+    from vidcls.config import InputLimits
+
+    try:
+        answer = await client.get_model_config(model, version, as_json=True, client_timeout=timeout)
+        text = answer.get("config", {}).get("parameters", {}).get(parameter, {}).get("string_value")
+        return InputLimits.from_dict(json.loads(text)) if text else None
+    except Exception:  # no limits known: nothing is refused locally
+        return None
+
+
 class _ShmRegion:
     """A system shared-memory region holding one file's bytes, registered with one server for the
     duration of one request (a restarted server forgets registrations, so none outlives it)."""

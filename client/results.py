@@ -19,9 +19,11 @@ FORMATS = ("csv", "jsonl")
 
 
 def fieldnames(classes: Sequence[str], top_k: bool = False) -> list[str]:
-    """Columns: path, class, one probability column per class (named by it), then bookkeeping."""
+    """Columns: path, class, one probability column per class (named by it), then bookkeeping.
+    ``skipped`` holds why a file found in a folder was not sent (not a video), ``error`` why a
+    file failed; a row has a class, an error or a skip reason."""
     return ["path", "class", *classes, *(["top_k"] if top_k else []),
-            "latency_ms", "error", "attempts", "endpoint"]
+            "latency_ms", "error", "skipped", "attempts", "endpoint"]
 
 
 def detect_format(output: str | None, fmt: str | None) -> str:

@@ -15,6 +15,7 @@ ONNX Runtime's / TensorRT's first-run allocations and kernel selection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
@@ -107,7 +108,11 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
              "input_map": [{"key": k, "value": v} for k, v in st.input_map],
              "output_map": [{"key": k, "value": v} for k, v in st.output_map]}
             for st in model.steps]}
-        d["parameters"] = [{"key": s.classes_parameter, "value": {"string_value": json.dumps(list(config.classes))}}]
+        # The class names (a client learns the class set from the server) and what the probe
+        # enforces (vidcls classify refuses an oversize file unread).
+        limits = json.dumps(dataclasses.asdict(config.limits), sort_keys=True, separators=(",", ":"))
+        d["parameters"] = [{"key": s.classes_parameter, "value": {"string_value": json.dumps(list(config.classes))}},
+                           {"key": s.limits_parameter, "value": {"string_value": limits}}]
         return d
     d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
     d["instance_group"] = _instances(model, config, target)

@@ -207,7 +207,7 @@ def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, models) 
     record, into ``backbone/1/int8_report.json`` and log its summary."""
     import json
 
-    from vidcls.client.inputs import collect_inputs
+    from vidcls.inputs import collect_inputs
     from vidcls.export.quantize import feature_summary, prediction_agreement, quantize_backbone
 
     videos = collect_inputs([str(p) for p in calibration])

@@ -23,8 +23,8 @@ import pytest
 from vidcls.cli import main as cli_main
 from vidcls.client.classify import classify_paths
 from vidcls.client.fleet import Endpoint, Fleet
-from vidcls.client.inputs import collect_inputs
 from vidcls.client.results import ResultWriter, fieldnames, load_done
+from vidcls.inputs import collect_inputs, discover
 
 REPO = Path(__file__).resolve().parents[1]
 # wait_for_server=None: no check before the run, so these runs reach the per-file retry budget
@@ -57,6 +57,26 @@ def test_collect_inputs_folders_lists_explicit(tmp_path):
     found = collect_inputs([str(tmp_path / "a"), f"@{listing}", str(tmp_path / "missing.mp4")],
                            list_files=[str(listing)])
     assert found == [str(tmp_path / p) for p in ("a/1.mp4", "a/b/2.MKV", "a/b/3.webm", "x.bin", "missing.mp4")]
+
+
+def test_discovery_follows_the_allowed_containers(tmp_path):
+    """One rule for "is this a video file": the extensions of the containers the probe allows, so
+    a folder gives every file a decision and never one the probe would refuse by its container."""
+    import dataclasses
+
+    from vidcls.config import InputLimits
+
+    names = ["a.mpg", "b.VOB", "c.wmv", "d.mxf", "e.dv", "f.ogv", "g.wav", "h.txt", ".hidden.mp4", "i.mov", "noext"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    decided = {Path(p).name: why for p, why in discover([str(tmp_path)])}
+    assert set(decided) == set(names)  # every file has a row
+    assert {n for n, why in decided.items() if why is None} == {"a.mpg", "b.VOB", "c.wmv", "d.mxf", "e.dv", "f.ogv",
+                                                                 "i.mov"}
+    assert "hidden" in decided[".hidden.mp4"] and ".wav" in decided["g.wav"] and "no extension" in decided["noext"]
+    # A server that refuses MPEG program streams: its .mpg/.vob files are not picked up either.
+    strict = dataclasses.replace(InputLimits(), allowed_containers=("mov", "mp4"))
+    assert collect_inputs([str(tmp_path)], limits=strict) == [str(tmp_path / "i.mov")]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -162,12 +182,49 @@ def test_resume_keeps_failed_records_and_retry_failed_replaces_them(tmp_path, de
     assert first.failed == 2 and first.exit_code == 1
     # --resume: the two failed records stay (and still count in the exit code); only v2 is new.
     again = classify_paths([str(v) for v in videos], dead_url, output=str(out), resume=True, **FAST)
-    assert (again.skipped, again.failed, again.previously_failed, again.exit_code) == (2, 1, 2, 1)
+    assert (again.resumed, again.failed, again.previously_failed, again.exit_code) == (2, 1, 2, 1)
     # --retry-failed: failed records are dropped and tried again, never duplicated.
     retried = classify_paths([str(v) for v in videos], dead_url, output=str(out), resume=True, retry_failed=True,
                              **FAST)
-    assert (retried.skipped, retried.failed, retried.previously_failed) == (0, 3, 0)
+    assert (retried.resumed, retried.failed, retried.previously_failed) == (0, 3, 0)
     assert sorted(r["path"] for r in read_rows(out)) == sorted(str(v) for v in videos)
+
+
+def test_every_file_found_gets_a_row_and_the_summary_counts_skipped(tmp_path, dead_url):
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "b.mpg", "sub/c.wmv", "song.wav", "notes.txt", ".DS_Store", "sub/._a.mp4"):
+        (folder / name).write_bytes(b"x")
+    out = folder / "results.csv"  # the output inside the folder is not an input
+    summary = classify_paths([str(folder)], dead_url, output=str(out), **FAST)
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert set(rows) == {"a.mp4", "b.mpg", "c.wmv", "song.wav", "notes.txt", ".DS_Store", "._a.mp4"}
+    skipped = {n for n, r in rows.items() if r["skipped"]}
+    assert skipped == {"song.wav", "notes.txt", ".DS_Store", "._a.mp4"}
+    assert all(r["error"] == "" and r["class"] == "" for n, r in rows.items() if n in skipped)
+    assert all(r["error"].startswith("unavailable") for n, r in rows.items() if n not in skipped)
+    assert (summary.total, summary.skipped, summary.failed) == (7, 4, 3)
+    assert "skipped (not videos) 4" in summary.format()
+
+
+def test_byte_budget_bounds_the_file_bytes_held_at_once():
+    import asyncio
+
+    from vidcls.client.classify import ByteBudget
+
+    async def run() -> ByteBudget:
+        budget = ByteBudget(100)
+
+        async def hold(size: int) -> None:
+            await budget.acquire(size)
+            await asyncio.sleep(0.01)
+            await budget.release(size)
+
+        await asyncio.gather(*(hold(s) for s in [60, 30, 30, 250, 10, 90, 40] * 3))
+        return budget
+
+    budget = asyncio.run(run())
+    assert budget.used == 0 and budget.peak == 250  # never over 100, except a bigger file alone
 
 
 def test_long_outage_gives_remaining_files_up_quickly(tmp_path, dead_url):
@@ -186,14 +243,15 @@ def test_output_folder_and_no_writes_outside_it(tmp_path, dead_url):
     """Input paths are data: only the chosen output file is written."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    (inputs / "..evil.mp4").write_bytes(b"x")
+    (inputs / "..evil.mp4").write_bytes(b"x")  # hidden: a skipped row
+    (inputs / "evil..mp4").write_bytes(b"x")
     outdir = tmp_path / "out"
     outdir.mkdir()
     before = sorted(p for p in tmp_path.rglob("*"))
     summary = classify_paths([str(inputs)], dead_url, output=str(outdir), **FAST)
     after = sorted(p for p in tmp_path.rglob("*"))
     assert set(after) - set(before) == {outdir / "results.csv"}
-    assert summary.failed == 1
+    assert (summary.failed, summary.skipped) == (1, 1)
 
 
 # ---- integration: the real server --------------------------------------------------------------
@@ -211,6 +269,39 @@ def _server_error(grpc_infer, path) -> str:
 
 
 @pytest.mark.server
+def test_oversize_and_empty_files_are_refused_without_being_read(triton_server, serving_config, client_videos,
+                                                                  tmp_path, monkeypatch):
+    """The client learns the served limits (the ensemble's config parameter) and refuses a file
+    over max_bytes with the server's error code, unread and unsent."""
+    import vidcls.client.classify as classify
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    huge = folder / "huge.mp4"
+    with open(huge, "wb") as f:  # sparse: 600 MiB on paper, nothing on disk
+        f.truncate(serving_config.limits.max_bytes + 88 * 2**20)
+    (folder / "empty.mp4").write_bytes(b"")
+    good = client_videos["good"][0]
+    read = []
+    real_read = classify._read
+
+    async def spy(path):
+        read.append(path)
+        return await real_read(path)
+
+    monkeypatch.setattr(classify, "_read", spy)
+    t0 = time.monotonic()
+    summary = classify_paths([str(folder), str(good)], triton_server.grpc_url, config=serving_config, progress=False)
+    rows = {Path(r["path"]).name: r for r in summary.records}
+    assert rows["huge.mp4"]["error"].startswith(f"max_bytes: {huge.stat().st_size} bytes is over the limit of "
+                                                f"{serving_config.limits.max_bytes} bytes")
+    assert rows["empty.mp4"]["error"].startswith("empty: ")
+    assert rows[good.name]["error"] == "" and rows[good.name]["class"]
+    assert read == [str(good)]  # neither refused file was read
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.server
 def test_classify_folder_with_bad_files_csv(triton_server, grpc_infer, serving_config, client_videos, tmp_path):
     out = tmp_path / "results.csv"
     rc = cli_main(["classify", str(client_videos["root"]), "--url", triton_server.grpc_url, "-o", str(out),
@@ -218,7 +309,9 @@ def test_classify_folder_with_bad_files_csv(triton_server, grpc_infer, serving_c
     assert rc == 1  # two files failed
     rows = read_rows(out)
     by_path = {r["path"]: r for r in rows}
-    assert len(rows) == len(by_path) == 5  # README.txt skipped by the folder walk
+    assert len(rows) == len(by_path) == 6  # every file has a row
+    readme = by_path[str(client_videos["root"] / "README.txt")]
+    assert readme["skipped"].startswith("not a video file (.txt") and readme["error"] == "" and readme["class"] == ""
     classes = serving_config.classes
     for path in client_videos["good"]:
         row = by_path[str(path)]
@@ -309,7 +402,7 @@ def test_resume_after_kill(triton_server, many_videos, tmp_path):
     assert 3 <= len(before) < len(many_videos)
     resumed = subprocess.run(cmd[:-1] + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"skipped (already in output) {len(before)}" in resumed.stderr
+    assert f"already in output {len(before)}" in resumed.stderr
     after = read_rows(out)
     paths = [r["path"] for r in after]
     assert len(paths) == len(set(paths)) == len(many_videos)  # none twice, none lost

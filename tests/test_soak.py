@@ -8,6 +8,7 @@ warm-up. The long mode (README figures) is the same script with --long.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,4 +63,6 @@ def test_soak_refuses_a_non_loopback_server():
     with pytest.raises(SystemExit):
         soak.check_loopback("10.1.2.3:8001")
     soak.check_loopback("127.0.0.1:8001")
-    assert soak.process_tree(__import__("os").getpid())[0] == __import__("os").getpid()
+    from vidcls.launcher import process_tree
+
+    assert process_tree(os.getpid())[0] == os.getpid()

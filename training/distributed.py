@@ -143,7 +143,7 @@ def extract_distributed(data_dir: str | Path, out_dir: str | Path, config: Vidcl
     config_json = config.to_json(indent=None)
     results: dict[str, SplitSummary] = {}
     for split in splits:
-        items = list_videos(data_dir, split, config.classes)
+        items = list_videos(data_dir, split, config.classes, config.limits)
         if not items:
             log.info("%s: no videos under %s, skipped", split, Path(data_dir) / split)
             continue

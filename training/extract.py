@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from vidcls.config import BACKBONE_DIMS, PRESETS, VidclsConfig, class_index
+from vidcls.config import BACKBONE_DIMS, PRESETS, InputLimits, VidclsConfig, class_index
 from vidcls.training.features_h5 import FeatureWriter
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,37 @@ def resolve_config(preset: str = "default", config_file: str | Path | None = Non
 
 
 # ---- work lists ---------------------------------------------------------------------------
-def list_videos(data_dir: str | Path, split: str, classes: Sequence[str]) -> list[VideoItem]:
-    """Every file under DATA/split/<class>/ (sorted by video id). A folder names its class as the
-    config spells it or differing only in case and ``_``/``-``/space (``flat content`` is
-    Flat_Content: :func:`vidcls.config.class_index`). Unknown folders are ignored with a warning;
-    half-written synth outputs (``*.partial.*``) and hidden files are skipped."""
+def list_videos(data_dir: str | Path, split: str, classes: Sequence[str],
+                limits: InputLimits | None = None) -> list[VideoItem]:
+    """Every video file under DATA/split/<class>/ (sorted by video id): the same rule as
+    ``vidcls classify`` folders (:func:`vidcls.inputs.not_a_video`: extensions of the containers
+    ``limits`` allow; hidden files are not videos). A folder names its class as the config spells
+    it or differing only in case and ``_``/``-``/space (``flat content`` is Flat_Content:
+    :func:`vidcls.config.class_index`). Other files are named in a warning, unknown folders too;
+    half-written synth outputs (``*.partial.*``) are skipped."""
+    from vidcls.inputs import not_a_video
+
     root = Path(data_dir)
     split_dir = root / split
     if not split_dir.is_dir():
         return []
-    items = []
+    items, others = [], []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         label = class_index(folder.name, classes)
         if label is None:
             log.warning("%s is not a class folder (%s); ignored", folder, ", ".join(classes))
             continue
         for f in folder.iterdir():
-            if f.is_file() and not f.name.startswith(".") and ".partial." not in f.name:
+            if not f.is_file() or ".partial." in f.name:
+                continue
+            if not_a_video(f, limits):
+                others.append(f.relative_to(root).as_posix())
+            else:
                 items.append(VideoItem(f, label, f.relative_to(root).as_posix()))
+    if others:
+        others.sort()
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        log.warning("%d file(s) under %s are not videos and are skipped: %s", len(others), split_dir, shown)
     return sorted(items, key=lambda it: it.video_id)
 
 

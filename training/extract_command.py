@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vidcls.arguments import config_file, existing_dir, positive_int
-from vidcls.config import BACKBONE_DIMS, PRESETS, class_index, default_backbone_weights
+from vidcls.config import BACKBONE_DIMS, PRESETS, InputLimits, class_index, default_backbone_weights
 from vidcls.errors import UsageError
 from vidcls.training.extract import SPLITS, ExtractSummary, VideoItem, extract_videos, list_videos, resolve_config
 from vidcls.training.features_h5 import split_path
@@ -49,10 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--drop-shards", action="store_true", help="delete the shard files after the merge")
 
 
-def work_lists(data: Path, splits: Sequence[str], classes: Sequence[str]) -> dict[str, list[VideoItem]]:
+def work_lists(data: Path, splits: Sequence[str], classes: Sequence[str],
+               limits: InputLimits | None = None) -> dict[str, list[VideoItem]]:
     """The videos of each split that has any; a :class:`UsageError` naming the expected layout
     when none has (before any model is built or downloaded)."""
-    lists = {split: list_videos(data, split, classes) for split in splits}
+    lists = {split: list_videos(data, split, classes, limits) for split in splits}
     found = {split: items for split, items in lists.items() if items}
     if found:
         for split in lists.keys() - found.keys():
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         require_runnable(config)
     except BackboneUnavailable as exc:
         raise UsageError(str(exc)) from None
-    lists = work_lists(args.data, args.splits, config.classes)
+    lists = work_lists(args.data, args.splits, config.classes, config.limits)
     if args.ray:  # shards on a Ray cluster, then one merged file per split
         from vidcls.training.distributed import extract_distributed
 

@@ -101,9 +101,37 @@ class TrainConfig:
     mask_padding: bool = True
 
 
+# The file name extensions of each container (FFmpeg demuxer name): the one rule for "is this a
+# video file" when a folder is searched (client discovery, feature extraction), derived from the
+# allowed containers (InputLimits.video_extensions), so a folder never yields files of a container
+# the probe refuses. Names FFmpeg reports but no user file carries (m4a: audio) have none.
+CONTAINER_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "mov": (".mov", ".qt"),
+    "mp4": (".mp4", ".m4v"),
+    "m4a": (),
+    "3gp": (".3gp",),
+    "3g2": (".3g2",),
+    "mj2": (".mj2",),
+    "matroska": (".mkv",),
+    "webm": (".webm",),
+    "avi": (".avi", ".divx"),
+    "mpegts": (".ts", ".m2ts", ".mts", ".m2t"),
+    "flv": (".flv", ".f4v"),
+    "ogg": (".ogv", ".ogg", ".ogm"),
+    "mpeg": (".mpg", ".mpeg", ".vob", ".mod", ".vro", ".m2p"),
+    "asf": (".wmv", ".asf"),
+    "mxf": (".mxf",),
+    "dv": (".dv", ".dif"),
+}
+
+
 @dataclass(frozen=True)
 class InputLimits:
-    """What the probe accepts before any decoding (docs/limits.md). Each limit is named in its error."""
+    """What the probe accepts before any decoding. Each limit is named in its error.
+
+    The allow-lists are the security boundary: FFmpeg has demuxers and decoders for hundreds of
+    formats, and only those below are ever opened. Every exclusion and its reason: docs/limits.md.
+    """
 
     max_bytes: int = 512 * 1024 * 1024
     max_duration_s: float = 4 * 3600.0
@@ -111,12 +139,23 @@ class InputLimits:
     max_width: int = 4096
     max_height: int = 4096
     min_side: int = 2
-    # FFmpeg demuxer names (as PyAV reports container.format.name, comma lists split).
+    # FFmpeg demuxer names (as PyAV reports container.format.name, comma lists split): MP4/MOV and
+    # their phone/camera kin, Matroska/WebM, AVI, MPEG-TS (broadcast, AVCHD), FLV, Ogg, MPEG
+    # program streams (.mpg, DVD .vob, camcorders), ASF (.wmv), MXF (broadcast/camera), DV.
     allowed_containers: tuple[str, ...] = (
         "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "mpegts", "flv", "ogg",
+        "mpeg", "asf", "mxf", "dv",
     )
+    # FFmpeg decoder names (codec_context.name). Delivery codecs; the MPEG-4 part 2 family of
+    # AVI/WMV archives (msmpeg4 = MS-MPEG4 v3 "DivX 3"), Windows Media Video 7-9 and VC-1, H.263
+    # (3GP phones), Flash video (flv = Sorenson Spark, vp6/vp6f/vp6a = On2 VP6), Cinepak and
+    # Sorenson 1/3 (old AVI/QuickTime); camera/editing codecs (ProRes, DNxHD/HR, DV); and the
+    # lossless screen/game capture codecs (QuickTime Animation, TechSmith, Fraps, DOSBox ZMBV).
     allowed_codecs: tuple[str, ...] = (
         "h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "theora",
+        "msmpeg4v1", "msmpeg4v2", "msmpeg4", "wmv1", "wmv2", "wmv3", "vc1", "h263", "h263p", "flv",
+        "vp6", "vp6f", "vp6a", "cinepak", "svq1", "svq3", "prores", "dnxhd", "dvvideo",
+        "qtrle", "tscc", "tscc2", "fraps", "zmbv",
     )
     # A stream whose tail does not decode is accepted when at most this share of its counted
     # frames is missing (the missing sampled frames repeat the last decoded one).
@@ -126,6 +165,17 @@ class InputLimits:
     # defaults); past this it is refused instead of holding a decode instance. Seeking keeps
     # decode time small for long files with frequent key frames (vidcls.video.decode_frames).
     max_decode_s: float = 600.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InputLimits":
+        """Limits published by a server (the ensemble's ``limits_parameter``); keys this version
+        does not know are ignored, so a newer server's limits still apply here."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return _build(cls, {k: v for k, v in data.items() if k in known})
+
+    def video_extensions(self) -> frozenset[str]:
+        """Lower-case file name extensions (with the dot) of the allowed containers."""
+        return frozenset(ext for name in self.allowed_containers for ext in CONTAINER_EXTENSIONS.get(name, ()))
 
 
 @dataclass(frozen=True)
@@ -152,6 +202,9 @@ class ServingConfig:
     # The ensemble's config.pbtxt parameter listing the class names (JSON), so that a client learns
     # them from the server (a repository may serve any class set).
     classes_parameter: str = "vidcls_classes"
+    # The ensemble's config parameter that publishes the input limits (JSON): clients read it to
+    # refuse an oversize file without sending it, and to pick a folder's files as the probe would.
+    limits_parameter: str = "vidcls_limits"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16

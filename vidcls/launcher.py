@@ -47,6 +47,17 @@ from vidcls.errors import VidclsError
 SHM_DEFAULT_BYTES = 64 * 1024 * 1024
 SHM_GROWTH_BYTES = 64 * 1024 * 1024
 SHM_DIR = Path("/dev/shm")
+# Triton's gRPC frontend keeps up to this many request objects for reuse (its default is 8); a kept
+# object keeps the capacity of the largest upload it ever carried, so eight 500 MB uploads left
+# about 4 GB held for good (measured: 8 refused 100 MB uploads took tritonserver from 52 MB to
+# 800 MB). 0 frees every request's buffers when it is answered; an allocation per request costs
+# nothing next to decoding a video.
+GRPC_ALLOCATION_POOL_SIZE = 0
+# glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB), after
+# which the gRPC receive buffers of big uploads come from the heap and stay there. A fixed
+# threshold keeps blocks above it mmap'ed, so they go back to the system when freed (the server's
+# heap then stayed at ~2 uploads' size instead of creeping up; docs/limits.md).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 # Seconds Triton waits for in-flight requests on shutdown, then our grace before SIGKILL.
 EXIT_TIMEOUT_S = 10
 STOP_GRACE_S = 20.0
@@ -243,13 +254,14 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--grpc-infer-allocation-pool-size={GRPC_ALLOCATION_POOL_SIZE}",
             f"--log-verbose={self.log_verbose}",
         ]
         return args + self.extra_args
 
     def environment(self) -> dict[str, str]:
         _, libs, _ = _pytriton_dirs()
-        env = dict(os.environ)
+        env = {**MALLOC_ENV, **os.environ}  # the caller's own malloc settings win
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH", "")) if p)
         # The python backend stub runs the first python3 on PATH: make it this (virtualenv) one,
         # so the models import vidcls, numpy, PyAV and onnxruntime from here.
@@ -384,6 +396,11 @@ class TritonServer:
                 region.unlink()
             except OSError:
                 pass
+    def memory(self) -> dict[str, int]:
+        """Memory the server holds now: :func:`process_memory` of its process tree."""
+        if self.pid is None:
+            raise ServerError("the server is not running")
+        return process_memory(self.pid)
 
     def restart(self) -> "TritonServer":
         """Stop and start again on the same ports."""
@@ -408,6 +425,69 @@ class TritonServer:
             self.stop(grace=5)
         except Exception:
             pass
+
+
+# ---- memory of a server ------------------------------------------------------------------------
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (tritonserver and its python-backend stubs), from /proc."""
+    kids = _children()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def process_memory(pid: int) -> dict[str, int]:
+    """Bytes held by the process tree of ``pid`` (Linux /proc): ``rss`` and ``pss`` summed over the
+    processes, ``shm`` the /dev/shm files they map (the python backend's regions; pages in use),
+    ``processes`` the count.
+
+    RSS counts a shared page in every process that maps it (each python-backend region is mapped
+    by the server and by its stub), so the sum over-states the total; PSS divides shared pages
+    among their users and is the honest total. ``shm`` is what the regions take from /dev/shm.
+    """
+    rss = pss = n = 0
+    regions: set[str] = set()
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                rss += int(f.read().split()[1]) * PAGE_SIZE
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                pss += next((int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")), 0)
+            with open(f"/proc/{p}/maps") as f:
+                regions.update(line.split(None, 5)[5].strip() for line in f
+                               if "/dev/shm/" in line and len(line.split(None, 5)) == 6)
+            n += 1
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+    shm = 0
+    for path in regions:
+        try:
+            shm += os.stat(path.removesuffix(" (deleted)")).st_blocks * 512
+        except OSError:
+            continue  # unlinked: its pages are counted in the processes' RSS
+    return {"rss": rss, "pss": pss, "shm": shm, "processes": n}
 
 
 def _parent_death_signal():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
@@ -174,6 +175,47 @@ def _video_stream(container):
     return stream
 
 
+def check_size(size: int, limits: InputLimits) -> None:
+    """The checks on the byte count alone (``empty``, ``max_bytes``): the probe makes them before
+    opening the bytes, and ``vidcls classify`` before reading a file."""
+    if size == 0:
+        raise VideoError("empty", "the file is empty (0 bytes)")
+    if size > limits.max_bytes:
+        raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
+
+
+def _packet_kind(packet) -> str | None:
+    """What a demuxed packet is for counting and decoding frames.
+
+    ``"picture"``: data for the decoder. ``"repeat"``: no data but a time stamp: the encoder wrote
+    an empty packet for a frame that repeats the previous picture (libtheora does this for
+    dropped or unchanged frames, so screen recordings and games are full of them); players show
+    the previous picture again, and FFmpeg's command line counts and outputs it as a frame. Such
+    a packet must never reach the decoder: FFmpeg takes an empty packet as end-of-stream (a
+    flush) and decodes nothing after it. ``None``: PyAV's flush packet after the last one (no
+    data, no time stamps), which is not a frame.
+    """
+    if packet.size:
+        return "picture"
+    if packet.pts is None and packet.dts is None:
+        return None
+    return "repeat"
+
+
+# Containers whose video time stamps count frame slots (AVI: pts = chunk index, time base = one
+# frame). A frame dropped by the writer is stored as an empty chunk, which FFmpeg's demuxer skips,
+# leaving a gap in the time stamps; like an empty packet, it repeats the picture before it.
+SLOT_CONTAINERS = frozenset({"avi"})
+
+
+def _dropped_before(slots: bool, last_pts: int | None, pts: int | None) -> int:
+    """Frames dropped (stored empty) between the packet at ``last_pts`` and this one, in a
+    container whose time stamps count frame slots; 0 elsewhere or where a time stamp is missing."""
+    if not slots or last_pts is None or pts is None:
+        return 0
+    return max(0, int(pts) - int(last_pts) - 1)
+
+
 def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
     """Validate ``source`` against ``limits`` and count its frames, without decoding any.
 
@@ -182,10 +224,11 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
     """
     limits = limits or InputLimits()
     fileobj, size = _as_file(source)
-    if size == 0:
-        raise VideoError("empty", "the file is empty (0 bytes)")
-    if size > limits.max_bytes:
-        raise VideoError("max_bytes", f"{size} bytes is over the limit of {limits.max_bytes} bytes")
+    try:
+        check_size(size, limits)
+    except VideoError:
+        fileobj.close()
+        raise
     with fileobj, _open(fileobj, limits) as container:
         fmt_names = set(container.format.name.split(","))
         if not fmt_names & set(limits.allowed_containers):
@@ -206,14 +249,19 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
             raise VideoError("max_duration", f"{header_duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
         count, last_pts = 0, None
         first_pts = None
+        slots = bool(fmt_names & SLOT_CONTAINERS)
+        previous = None  # the last packet's pts, in demux order (for dropped frames)
         time_base = stream.time_base
         # Time stamps past this span (in stream ticks) break max_duration: stop reading there.
         max_ticks = limits.max_duration_s / float(time_base) if time_base else None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0:  # the flush packet at the end
+                if _packet_kind(packet) is None:  # the flush packet at the end
                     continue
-                count += 1
+                # A repeated picture (empty packet, or a dropped frame's empty AVI chunk) is a frame
+                # too: players show it and FFmpeg counts it.
+                count += 1 + _dropped_before(slots, previous, packet.pts)
+                previous = packet.pts if packet.pts is not None else previous
                 if packet.pts is not None:
                     first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
                     last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
@@ -269,6 +317,11 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
     stream there, and the decoder is flushed so the frames it holds still come out. If the stream
     ends early by at most ``max_missing_fraction`` of ``num_frames``, the missing sampled frames
     repeat the last decoded one; beyond that it is an error rather than a guess.
+
+    An empty packet with a time stamp (:func:`_packet_kind`: a repeated frame) is never sent to
+    the decoder; it is a frame showing the picture before it, as players and FFmpeg's command line
+    show it, and so is a frame an AVI writer dropped (:data:`SLOT_CONTAINERS`). Frame k is then
+    FFmpeg's frame k, and the count matches :func:`probe`'s.
     """
     import av
 
@@ -295,55 +348,95 @@ def decode_frames(source: Source, indices: np.ndarray, size: int, num_frames: in
         wanted.setdefault(idx, []).append(pos)
     fileobj, _ = _as_file(source)
     decoded = 0
-    last = None
+    last = None  # the last sampled frame converted (fills a short tail)
+    shown = None  # the last picture out of the decoder (what a repeat shows)
+    # One entry per packet in demux order whose frame has not come out yet: False = a picture the
+    # decoder owes, True = a repeat of the picture before it. A decoder that holds pictures back
+    # (threads, reordering) still gets each repeat placed after the picture it follows.
+    owed: deque[bool] = deque()
+
+    def emit(frame) -> bool:
+        """``frame`` is the next frame ordinal; convert it if sampled. True after the last needed."""
+        nonlocal decoded, last
+        i = decoded
+        decoded += 1
+        if i in wanted:
+            last = _to_rgb(frame, size)
+            for pos in wanted[i]:
+                out[pos] = last
+        return i >= last_needed
+
+    def repeats() -> bool:
+        """The repeats owed before the next picture; a repeat before any picture has nothing to show."""
+        while owed and owed[0]:
+            owed.popleft()
+            if shown is not None and emit(shown):
+                return True
+        return False
 
     def take(frames) -> bool:
-        """Convert the wanted frames among ``frames``; True once the last needed one is done."""
-        nonlocal decoded, last
+        """Place the decoder's pictures (and the repeats around them); True once the last needed is done."""
+        nonlocal shown
         for frame in frames:
             # The header can lie and a stream can change size midway: judge every picture.
             _check_resolution(frame.width, frame.height, limits)
-            i = decoded
-            decoded += 1
-            if i in wanted:
-                last = _to_rgb(frame, size)
-                for pos in wanted[i]:
-                    out[pos] = last
-            if i >= last_needed:
+            if repeats():
                 return True
-        return False
+            if owed:
+                owed.popleft()
+            shown = frame
+            if emit(frame):
+                return True
+        return repeats()
 
     def refused(ctx) -> None:
         """After a decoder error: was it a picture over the limit (max_pixels said no)?"""
         _check_resolution(int(ctx.width or 0), int(ctx.height or 0), limits)
 
+    def drain(ctx) -> bool:
+        try:
+            return take(stream.decode(None))
+        except av.error.FFmpegError:
+            refused(ctx)
+            return repeats()
+
     with fileobj, _open(fileobj, limits) as container:
         stream = _video_stream(container)
         ctx = _bounded_decoder(stream, limits)
+        slots = bool(set(container.format.name.split(",")) & SLOT_CONTAINERS)
+        previous = None
         done = False
         packets = container.demux(stream)
         while not done:
             try:
                 packet = next(packets)
             except StopIteration:
+                done = drain(ctx)
                 break
             except av.error.ExitError:
                 raise VideoError("timeout", f"reading a packet took more than {READ_TIMEOUT_S:.0f} s") from None
             except (av.error.FFmpegError, OSError, ValueError):
                 # A damaged or truncated container: flush what the decoder holds, judge below.
-                try:
-                    done = take(stream.decode(None))
-                except av.error.FFmpegError:
-                    refused(ctx)
+                done = drain(ctx)
                 break
+            kind = _packet_kind(packet)
+            if kind is None:  # PyAV's flush packet: the decoder is drained after the loop
+                continue
             stats["packets"] = stats.get("packets", 0) + 1
             _check_deadline(deadline, limits)
+            # A hostile AVI can claim any gap; no more repeats than frames still wanted are queued.
+            owed.extend([True] * min(_dropped_before(slots, previous, packet.pts), last_needed + 1))
+            previous = packet.pts if packet.pts is not None else previous
+            owed.append(kind == "repeat")
+            if kind == "repeat":
+                done = repeats() if all(owed) else False
+                continue
             try:
                 done = take(stream.decode(packet))
             except av.error.FFmpegError:
                 refused(ctx)
-                if packet.size == 0:  # the flush at the end failed: nothing more will come
-                    break
+                if owed and owed[-1] is False:
+                    owed.pop()  # this packet gives no picture: nothing is owed for it
     if decoded == 0:
         raise VideoError("corrupt", "no frame of the video stream could be decoded")
     if decoded <= last_needed:
@@ -439,9 +532,10 @@ def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: I
             pts: list[int] = []
             keyframe: list[bool] = []
             for packet in container.demux(stream):
-                if packet.size == 0:
+                kind = _packet_kind(packet)
+                if kind is None:
                     continue
-                if packet.pts is None or packet.is_discard or packet.is_corrupt:
+                if kind == "repeat" or packet.pts is None or packet.is_discard or packet.is_corrupt:
                     return None
                 pts.append(int(packet.pts))
                 keyframe.append(bool(packet.is_keyframe))

@@ -12,6 +12,12 @@ result into a response. Isolation rules:
   (the client reports the code); anything else becomes ``INTERNAL`` naming the model.
 - only :class:`Exception` is caught: ``KeyboardInterrupt`` and ``SystemExit`` (the stub shutting
   down) pass through instead of being answered as a request's error.
+- an error is kept as text (:class:`Failure`), never as the exception: a caught exception's
+  traceback holds the frames that held the request's input array, often in a reference cycle
+  (the frame that caught it keeps it in a local list), and Python's cycle collector runs by object
+  counts, not bytes. Each refused upload then kept its bytes in the python backend's shared-memory
+  region until some later collection, and the region grew by about one upload per refusal.
+  :func:`failure` reads the message and clears those frames at once.
 
 ``triton_python_backend_utils`` exists only inside the python backend stub, so it is imported in
 :meth:`initialize`; the processing code (``process``) is plain numpy and testable without Triton.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +37,32 @@ from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
 from vidcls.video import VideoError
 
 Batch = list[dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request's error as the client will read it; holds no reference to the request."""
+
+    message: str
+    invalid_input: bool  # True: the input's fault (INVALID_ARG); False: ours (INTERNAL)
+
+
+def failure(exc: BaseException, model_name: str) -> Failure:
+    """The :class:`Failure` for ``exc``, after releasing what ``exc`` keeps alive (see the module
+    docstring): the locals of every frame in its traceback and in the exceptions chained to it."""
+    if isinstance(exc, VideoError):
+        result = Failure(f"{exc.code}: {exc.message}", True)
+    else:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        result = Failure(f"internal: {model_name} failed: {detail}", False)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips frames still running
+        chained = exc.__context__ or exc.__cause__
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        exc = chained
+    return result
 
 
 def load_config(model_dir: str | Path, parameters: dict[str, Any]) -> VidclsConfig:
@@ -68,7 +101,7 @@ class BatchedModel:
                 batch.append(self.read_inputs(request))
                 slots.append(i)
             except Exception as exc:  # becomes this request's error response
-                results[i] = exc
+                results[i] = failure(exc, self.model_name)
         for slot, result in zip(slots, self.process_isolated(batch)):
             results[slot] = result
         return [self.respond(r) for r in results]
@@ -95,38 +128,32 @@ class BatchedModel:
         return out
 
     def process_isolated(self, batch: Batch) -> list[Any]:
+        """:meth:`process` with every exception (returned or raised) turned into a :class:`Failure`."""
         if not batch:
             return []
         try:
             results = self.process(batch)
             if len(results) != len(batch):
                 raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
-            return results
         except Exception as exc:  # the batch as a whole failed: retry each request alone
             if len(batch) == 1:
-                return [exc]
-            out = []
+                return [failure(exc, self.model_name)]
+            results = []
             for item in batch:  # find the culprit: the others still get their answers
                 try:
-                    out.append(self.process([item])[0])
+                    results.append(self.process([item])[0])
                 except Exception as single:  # this request's own error
-                    out.append(single)
-            return out
+                    results.append(failure(single, self.model_name))
+        return [failure(r, self.model_name) if isinstance(r, BaseException) else r for r in results]
 
     def respond(self, result: Any):
         pb = self.pb
-        if isinstance(result, Exception):
-            return pb.InferenceResponse(error=self.to_error(result))
+        if isinstance(result, Failure):
+            code = pb.TritonError.INVALID_ARG if result.invalid_input else pb.TritonError.INTERNAL
+            return pb.InferenceResponse(error=pb.TritonError(result.message, code))
         tensors = [pb.Tensor(name, np.ascontiguousarray(value, dtype=self.output_dtypes.get(name, value.dtype)))
                    for name, value in result.items()]
         return pb.InferenceResponse(output_tensors=tensors)
-
-    def to_error(self, exc: Exception):
-        pb = self.pb
-        if isinstance(exc, VideoError):
-            return pb.TritonError(f"{exc.code}: {exc.message}", pb.TritonError.INVALID_ARG)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return pb.TritonError(f"internal: {self.model_name} failed: {detail}", pb.TritonError.INTERNAL)
 
 
 def rows(array: np.ndarray) -> list[np.ndarray]:
