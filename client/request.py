@@ -175,6 +175,9 @@ async def served_limits(client, model: str, version: str, parameter: str, timeou
         return None
 
 
+UNREGISTER_TIMEOUT_S = 60.0
+
+
 class _ShmRegion:
     """A system shared-memory region holding one file's bytes, registered with one server for the
     duration of one request (a restarted server forgets registrations, so none outlives it)."""
@@ -192,15 +195,19 @@ class _ShmRegion:
             shm.set_shared_memory_region(self._handle, [np.frombuffer(data, dtype=np.uint8)])
 
     async def register(self) -> None:
-        await self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+        # Marked first: a call that fails on our side (a deadline, a cancelled task) may still have
+        # registered the region on the server, and release() must then unregister it.
         self._registered = True
+        await self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
 
     async def release(self) -> None:
         try:
             if self._registered:
-                await self._client.unregister_system_shared_memory(self.name, client_timeout=5)
+                # A busy server can take seconds to answer: a short deadline here left regions
+                # registered (and their names held) on a loaded machine.
+                await self._client.unregister_system_shared_memory(self.name, client_timeout=UNREGISTER_TIMEOUT_S)
         except Exception:
-            pass  # the server went away: it forgot the region already
+            pass  # the server went away (it forgot the region already) or never had it
         finally:
             self._shm.destroy_shared_memory_region(self._handle)
 
