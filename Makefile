@@ -11,7 +11,7 @@ PERF_VENV := .tools/perf
 PERF_STAMP := $(PERF_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test test-fast bench clean configs constraints
+.PHONY: setup tools browser demo test test-fast bench clean configs constraints
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 
 # perf_analyzer: tritonclient 2.50.0 is the last build that runs on glibc 2.36 (ENVIRONMENT.md);
 # it lives in its own venv so the project keeps a current tritonclient.
-tools: $(PERF_STAMP)
+tools: $(PERF_STAMP) browser
 
 $(PERF_STAMP): Makefile constraints-perf.txt
 	@dpkg -s libb64-0d >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
@@ -32,6 +32,14 @@ $(PERF_STAMP): Makefile constraints-perf.txt
 	$(PERF_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PERF_VENV)/bin/python -m pip install -q -c constraints-perf.txt "tritonclient[all]==2.50.0" nvidia-cuda-runtime-cu12
 	touch $(PERF_STAMP)
+
+# Chromium from the OS packages: the `vidcls report` test renders the page in it (headless). Where
+# apt cannot install it (no root, no network) the install is skipped and that test says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+	  (apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium >/dev/null)); } || \
+	  echo "chromium could not be installed: the report's browser test will be skipped"
 
 demo: setup
 	$(VENV)/bin/vidcls demo

@@ -196,6 +196,9 @@ def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, se
     model = _load(AverageModel, "average", cpu_repository, s.average)
     c = serving_config.num_classes
     good = {n: np.full((1, c), 1.0 / c, np.float32) for n in input_names(serving_config)}
+    lengths = [serving_config.view_lengths[v] for v in serving_config.tta_views] * serving_config.num_models
+    good.update({n: np.full((1, n_rows), 1.0 / n_rows, np.float32)
+                 for n, n_rows in zip(input_names(serving_config, s.attention), lengths)})
     broken = dict(good)
     broken[input_names(serving_config)[0]] = np.zeros((1, c + 1), np.float32)
     responses = model.execute([good, broken, good])

@@ -125,6 +125,15 @@ class ServingConfig:
     probs: str = "PROBS"
     probabilities: str = "PROBABILITIES"
     class_name: str = "CLASS_NAME"
+    # Evidence (optional ensemble outputs; Triton returns only the outputs a request names):
+    # each temporal model's attention-pooling weights per sequence row, the time stamp of every
+    # sampled frame (probe), the per-frame attention averaged over models and views, and the
+    # per-model, per-view probabilities whose mean is PROBABILITIES (ensemble_average).
+    evidence: bool = True
+    attention: str = "ATTENTION"
+    frame_times: str = "FRAME_TIMES"
+    frame_attention: str = "FRAME_ATTENTION"
+    view_probabilities: str = "VIEW_PROBABILITIES"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vidcls.config import VidclsConfig
+from vidcls.triton_models import metrics
 from vidcls.video import VideoError
 
 # The config.pbtxt parameter naming the VidclsConfig JSON, relative to the model's folder.
@@ -60,6 +61,7 @@ class BatchedModel:
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]
         }
+        self.metrics = metrics.Recorder(pb_utils)
         self.setup()
 
     def execute(self, requests):
@@ -74,10 +76,12 @@ class BatchedModel:
                 results[i] = exc
         for slot, result in zip(slots, self.process_isolated(batch)):
             results[slot] = result
+        for result in results:
+            self.account(result)
         return [self.respond(r) for r in results]
 
     def finalize(self) -> None:
-        pass
+        self.metrics.close()
 
     # ---- subclass hooks ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -116,6 +120,13 @@ class BatchedModel:
                     out.append(single)
             return out
 
+    def account(self, result: Any) -> None:
+        """Record the custom metrics of one answered request (and take its samples off the result)."""
+        if isinstance(result, BaseException):
+            self.metrics.record([metrics.sample(metrics.FAILURES, step=self.model_name, code=error_code(result))])
+        elif isinstance(result, dict):
+            self.metrics.record(result.pop(metrics.STATS, ()))
+
     def respond(self, result: Any):
         pb = self.pb
         if isinstance(result, BaseException):
@@ -132,13 +143,21 @@ class BatchedModel:
         return pb.TritonError(f"internal: {self.model_name} failed: {detail}", pb.TritonError.INTERNAL)
 
 
+def error_code(exc: BaseException) -> str:
+    """The code a failed request is counted under: a VideoError's own, else ``internal``."""
+    return exc.code if isinstance(exc, VideoError) else metrics.INTERNAL_CODE
+
+
 def rows(array: np.ndarray) -> list[np.ndarray]:
     """A request's tensor split along its batch dimension."""
     return [array[i] for i in range(array.shape[0])]
 
 
-def chunked_run(session, input_name: str, data: np.ndarray, chunk: int) -> np.ndarray:
-    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated."""
+def chunked_run(session, input_name: str, data: np.ndarray, chunk: int, outputs: Sequence[str] | None = None):
+    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated:
+    the first output, or with ``outputs`` (names) a list of those outputs."""
     chunk = max(1, int(chunk))
-    outs = [session.run(None, {input_name: data[i:i + chunk]})[0] for i in range(0, len(data), chunk)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    runs = [session.run(None if outputs is None else list(outputs), {input_name: data[i:i + chunk]})
+            for i in range(0, len(data), chunk)]
+    joined = [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*runs)]
+    return joined[0] if outputs is None else joined

@@ -1,8 +1,9 @@
 """video_probe: validate each video against the input limits, count its frames, pick the frame indices.
 
 VIDEO UINT8 [nbytes] (the encoded file) → FRAME_INDICES INT32 [T] = sample_indices(frames, T), the
-same function training and the reference decoder use. Nothing is decoded here: a request that
-breaks a limit is rejected before any decoder allocates memory for it.
+same function training and the reference decoder use, and (evidence) FRAME_TIMES FP32 [T], the
+time stamp of each sampled frame. Nothing is decoded here: a request that breaks a limit is
+rejected before any decoder allocates memory for it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from vidcls.sampling import sample_indices
+from vidcls.triton_models import metrics
 from vidcls.triton_models.base import BatchedModel, rows
-from vidcls.video import probe
+from vidcls.video import frame_times, probe
 
 
 class ProbeModel(BatchedModel):
@@ -25,9 +27,19 @@ class ProbeModel(BatchedModel):
         return [self.one(item[video]) for item in batch]
 
     def one(self, videos: np.ndarray):
+        s = self.config.serving
+        indices, times, stats = [], [], []
         try:
-            out = [sample_indices(probe(v, self.config.limits).num_frames, self.config.num_frames)
-                   for v in rows(videos)]
+            for v in rows(videos):
+                info = probe(v, self.config.limits)
+                idx = sample_indices(info.num_frames, self.config.num_frames)
+                indices.append(idx)
+                times.append(frame_times(info, idx))
+                stats += [metrics.sample(metrics.INPUT_DURATION, info.duration_s),
+                          metrics.sample(metrics.INPUT_SHORT_SIDE, min(info.width, info.height))]
         except Exception as exc:  # noqa: BLE001 - this request's error, not the batch's
             return exc
-        return {self.output: np.stack(out).astype(np.int32)}
+        out = {self.output: np.stack(indices).astype(np.int32), metrics.STATS: stats}
+        if s.evidence:
+            out[s.frame_times] = np.stack(times)
+        return out
