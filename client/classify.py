@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vidcls.client.evidence import DEFAULT_MOMENTS
+from vidcls.client.evidence import FIELDS as EVIDENCE_FIELDS
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.inputs import collect_inputs
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
@@ -58,11 +60,12 @@ class ClassifyOptions:
     timeout: float | None = 300.0
     shm: bool = False
     top_k: int = 0
+    evidence: int = 0  # > 0: record the evidence (this many top moments per video)
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
                               model_version=self.model_version, timeout=self.timeout, shm=self.shm,
-                              top_k=self.top_k)
+                              top_k=self.top_k, evidence=self.evidence)
 
 
 @dataclass
@@ -130,6 +133,8 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
                               "latency_ms": None, "error": "", "attempts": 0, "endpoint": ""}
     if opts.top_k:
         record["top_k"] = None
+    if opts.evidence:
+        record.update(dict.fromkeys(EVIDENCE_FIELDS))
     try:
         data = await _read(path)
     except OSError as exc:
@@ -157,6 +162,8 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
                            "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)})
             if opts.top_k:
                 record["top_k"] = pred.top_k
+            if opts.evidence:
+                record.update(pred.evidence)
             return record
         finally:
             ep.outstanding -= 1
@@ -185,6 +192,8 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         raise UsageError("--concurrency must be at least 1")
     if opts.top_k < 0 or opts.top_k > opts.config.num_classes:
         raise UsageError(f"--top-k must be between 0 and {opts.config.num_classes}")
+    if opts.evidence < 0:
+        raise UsageError("--evidence K needs K >= 1 (moments per video)")
     output, fmt = resolve_output(opts.output, opts.fmt)
     inputs = collect_inputs(paths, list_files)
     summary = Summary(total=len(inputs), output=output)
@@ -224,7 +233,7 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     except BaseException:
         await _close(fleet)
         raise
-    writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
+    writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k), bool(opts.evidence)), header) \
         if output is not None else None
     queue: asyncio.Queue[str] = asyncio.Queue()
     for p in todo:
@@ -336,6 +345,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="send the video bytes through system shared memory (client and server on one host)")
     req.add_argument("--top-k", type=int, default=0,
                      help="also report the top K classes through Triton's classification extension")
+    req.add_argument("--evidence", nargs="?", type=int, const=DEFAULT_MOMENTS, default=0, metavar="K",
+                     help="also record what each answer rests on: the K sampled frames with the most attention "
+                          f"(time stamps; default {DEFAULT_MOMENTS}) and the per-model, per-view probabilities")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -353,7 +365,7 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
-        top_k=args.top_k)
+        top_k=args.top_k, evidence=args.evidence)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     avg_inputs = tuple(Tensor(average_input(config, m, v), "TYPE_FP32", (C,))
                        for m in config.temporal_model_names() for v in config.tta_views)
     # Evidence: optional outputs of the ensemble (a request gets only the outputs it names).
-    times = (Tensor(s.frame_times, "TYPE_FP32", (T,)),) if s.evidence else ()
+    times = (Tensor(s.frame_numbers, "TYPE_INT32", (T,)), Tensor(s.frame_times, "TYPE_FP32", (T,))) if s.evidence else ()
     attention = (Tensor(s.attention, "TYPE_FP32", (-1,)),) if s.evidence else ()
     avg_attention = tuple(Tensor(average_input(config, m, v, s.attention), "TYPE_FP32", (lengths[v],))
                           for m in config.temporal_model_names() for v in config.tta_views) if s.evidence else ()
@@ -141,7 +141,8 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
                          *((t.name, t.name) for t in evidence))))
     ensemble_batch = min(m.max_batch_size for m in models)  # Triton: at most each step's
     models.append(Model(s.ensemble, "ensemble", "ensemble", ensemble_batch,
-                        (Tensor(s.video, "TYPE_UINT8", (-1,)),), (probabilities, class_name, *times, *evidence),
+                        (Tensor(s.video, "TYPE_UINT8", (-1,)),),
+                        (probabilities, class_name, *times, *evidence),
                         tuple(steps)))
     return models
 
@@ -205,6 +206,13 @@ def _check_ensemble(ens, configs) -> list[str]:
     for name, (_, _, who) in available.items():
         if name not in consumed:
             problems.append(f"tensor {name} from {who} is never used")
+    # Triton (2.51) stops such an ensemble with "unexpected deadlock" on every request that does
+    # not name that output: a step's input must not be an ensemble output as well.
+    step_inputs = {v: st.model_name for st in ens.ensemble_scheduling.step for v in st.input_map.values()}
+    for t in ens.output:
+        if t.name in step_inputs:
+            problems.append(f"ensemble output {t.name} is also an input of step {step_inputs[t.name]} "
+                            "(requests that do not ask for it would deadlock)")
     return problems
 
 

@@ -132,6 +132,10 @@ class ServingConfig:
     evidence: bool = True
     attention: str = "ATTENTION"
     frame_times: str = "FRAME_TIMES"
+    # The sampled frames' numbers: FRAME_INDICES' values under a name of their own, because a
+    # Triton ensemble (2.51) whose output is also another step's input stops with "unexpected
+    # deadlock" on every request that does not ask for that output.
+    frame_numbers: str = "FRAME_NUMBERS"
     frame_attention: str = "FRAME_ATTENTION"
     view_probabilities: str = "VIEW_PROBABILITIES"
 

@@ -1,8 +1,8 @@
 """video_probe: validate each video against the input limits, count its frames, pick the frame indices.
 
 VIDEO UINT8 [nbytes] (the encoded file) → FRAME_INDICES INT32 [T] = sample_indices(frames, T), the
-same function training and the reference decoder use, and (evidence) FRAME_TIMES FP32 [T], the
-time stamp of each sampled frame. Nothing is decoded here: a request that breaks a limit is
+same function training and the reference decoder use, and (evidence) FRAME_NUMBERS INT32 [T] (the
+same indices, for the client) and FRAME_TIMES FP32 [T], the time stamp of each sampled frame. Nothing is decoded here: a request that breaks a limit is
 rejected before any decoder allocates memory for it.
 """
 
@@ -41,5 +41,6 @@ class ProbeModel(BatchedModel):
             return exc
         out = {self.output: np.stack(indices).astype(np.int32), metrics.STATS: stats}
         if s.evidence:
+            out[s.frame_numbers] = out[self.output]
             out[s.frame_times] = np.stack(times)
         return out
