@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("vidcls.launcher", "start a local tritonserver on a model repository"),
     "classify": ("vidcls.client.classify", "classify videos over gRPC to CSV/JSONL"),
     "bench": ("vidcls.client.bench", "perf_analyzer sweep → CSV, PNG plots, markdown summary"),
+    "report": ("vidcls.client.report", "one self-contained HTML page of a classify output (thumbnails at the evidence)"),
     "demo": ("vidcls.cli.demo", "the whole path on synthetic data on this machine's CPU"),
 }
 
