@@ -230,6 +230,8 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     fleet = Fleet.from_urls(opts.urls, opts.policy, lambda u: make_client(u, opts.tls))
     try:
         await _preflight(fleet, req)
+        if req.evidence:
+            await _check_evidence_outputs(fleet, req)
     except BaseException:
         await _close(fleet)
         raise
@@ -289,6 +291,22 @@ async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
         version = f" version {req.model_version}" if req.model_version else ""
         raise UsageError(f"model {req.model!r}{version} is not served at "
                          + ", ".join(ep.url for ep in fleet.endpoints))
+
+
+async def _check_evidence_outputs(fleet: Fleet, req: RequestOptions) -> None:
+    """--evidence against a repository exported without the evidence outputs would fail every
+    file: say so once instead."""
+    from vidcls.client.evidence import output_names
+
+    for ep in fleet.endpoints:
+        try:
+            meta = await ep.client.get_model_metadata(req.model, req.model_version, as_json=True, client_timeout=5)
+        except Exception:  # noqa: BLE001 - unreachable now: the requests will tell
+            continue
+        missing = set(output_names(req.config)) - {o["name"] for o in meta.get("outputs", [])}
+        if missing:
+            raise UsageError(f"model {req.model!r} at {ep.url} has no evidence outputs ({', '.join(sorted(missing))}): "
+                             "export the repository again with this version of vidcls")
 
 
 async def _close(fleet: Fleet) -> None:

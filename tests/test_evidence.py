@@ -150,3 +150,15 @@ def test_classify_evidence_to_csv_reads_back(moment_server, moment_videos, tmp_p
     moments = parse_field(row["moments"])
     assert len(moments) == 2 and MARKER_SPANS["late"][0] <= moments[0]["frame"] <= MARKER_SPANS["late"][1]
     assert set(parse_field(row["view_probabilities"])) == {"temporal_0"}
+
+
+@pytest.mark.server
+def test_evidence_against_a_model_without_it_is_a_usage_error(triton_server, serving_config, h264_video, capsys):
+    """A model without the evidence outputs (here the probe; in practice a repository exported
+    without them) would fail every file: one line and exit code 2 instead."""
+    from vidcls.cli import main
+
+    code = main(["classify", str(h264_video), "--url", triton_server.grpc_url, "--model", serving_config.serving.probe,
+                 "--evidence", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no evidence outputs" in err and len(err.strip().splitlines()) == 1, err

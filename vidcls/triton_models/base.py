@@ -11,6 +11,10 @@ result into a response. Isolation rules:
 - a :class:`vidcls.video.VideoError` becomes ``INVALID_ARG`` with the message ``"<code>: <message>"``
   (the client reports the code); anything else becomes ``INTERNAL`` naming the model.
 
+Metrics (:mod:`vidcls.triton_models.metrics`): every request answered with an error is counted
+under this model and its code; a result may carry samples of its own under ``metrics.STATS``,
+recorded once per answered request (never twice when a failed batch is retried request by request).
+
 ``triton_python_backend_utils`` exists only inside the python backend stub, so it is imported in
 :meth:`initialize`; the processing code (``process``) is plain numpy and testable without Triton.
 """
