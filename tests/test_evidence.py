@@ -162,3 +162,27 @@ def test_evidence_against_a_model_without_it_is_a_usage_error(triton_server, ser
                  "--evidence", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "has no evidence outputs" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_top_moments_add_up_repeated_frames_and_rank():
+    """A video shorter than T samples frames twice: each frame is one moment with its summed weight."""
+    from vidcls.client.evidence import top_moments
+
+    indices = [0, 0, 1, 1, 2, 3, 3, 3]
+    times = [0.0, 0.0, 0.04, 0.04, 0.08, 0.12, 0.12, 0.12]
+    weights = [0.05, 0.05, 0.2, 0.2, 0.3, 0.05, 0.1, 0.05]
+    got = top_moments(indices, times, weights, count=3)
+    assert [m["frame"] for m in got] == [1, 2, 3]
+    assert [m["weight"] for m in got] == pytest.approx([0.4, 0.3, 0.2])
+    assert [m["t"] for m in got] == pytest.approx([0.04, 0.08, 0.12])
+    assert len(top_moments(indices, times, weights, count=10)) == 4
+
+
+def test_frame_times_without_pts_spread_over_the_duration():
+    from vidcls.video import ProbeResult, frame_times
+
+    info = ProbeResult("matroska", "h264", 64, 48, num_frames=100, duration_s=4.0, size_bytes=1, frame_pts_s=None)
+    np.testing.assert_allclose(frame_times(info, [0, 50, 99]), [0.0, 2.0, 3.96], atol=1e-6)
+    info = ProbeResult("mp4", "h264", 64, 48, num_frames=3, duration_s=1.0, size_bytes=1,
+                       frame_pts_s=np.array([0.0, 0.5, 0.9]))
+    np.testing.assert_allclose(frame_times(info, [0, 2, 2]), [0.0, 0.9, 0.9], atol=1e-6)
