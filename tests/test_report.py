@@ -157,3 +157,10 @@ def test_report_without_evidence_and_with_missing_files(tmp_path, h264_video):
     assert counts["classified"] == 2 and counts["without_thumbnails"] == 1
     text = (tmp_path / "r.html").read_text()
     assert text.count('class="thumb"') == 1 and "middle frame" in text and "no thumbnails" in text
+
+
+def test_report_module_imports_no_torch():
+    """The report runs where the client does (PyAV only once it decodes thumbnails)."""
+    code = ("import sys, vidcls.client.report, vidcls.client.evidence; "
+            "bad = [m for m in ('torch', 'av', 'onnxruntime') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
