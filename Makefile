@@ -11,7 +11,7 @@ PERF_VENV := .tools/perf
 PERF_STAMP := $(PERF_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo lint test test-fast bench clean configs constraints
+.PHONY: setup tools browser demo lint test test-fast bench clean configs constraints
 
 setup: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 # it lives in its own venv so the project keeps a current tritonclient. It needs libcudart.so.12
 # (nvidia-cuda-runtime-cu12 in the same venv): bin/perf_analyzer becomes a wrapper that puts it on
 # LD_LIBRARY_PATH, so the tool runs as typed; the binary itself is bin/perf_analyzer.bin.
-tools: $(PERF_STAMP)
+tools: $(PERF_STAMP) browser
 
 $(PERF_STAMP): Makefile constraints-perf.txt
 	@dpkg -s libb64-0d >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
@@ -40,6 +40,14 @@ $(PERF_STAMP): Makefile constraints-perf.txt
 	  'export LD_LIBRARY_PATH' 'exec "$$bin/perf_analyzer.bin" "$$@"' > $(PERF_VENV)/bin/perf_analyzer
 	chmod +x $(PERF_VENV)/bin/perf_analyzer
 	touch $(PERF_STAMP)
+
+# Chromium from the OS packages: the `vidcls report` test renders the page in it (headless). Where
+# apt cannot install it (no root, no network) the install is skipped and that test says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+	  (apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q -o DPkg::Lock::Timeout=300 chromium >/dev/null)); } || \
+	  echo "chromium could not be installed: the report's browser test will be skipped"
 
 demo: setup
 	$(VENV)/bin/vidcls demo

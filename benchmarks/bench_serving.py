@@ -81,11 +81,14 @@ def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), f
     return paths
 
 
-def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int) -> dict:
-    """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker)."""
+def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int,
+             outputs: list[str] | None = None) -> dict:
+    """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker), asking
+    for ``outputs`` (default PROBABILITIES)."""
     import tritonclient.grpc as grpcclient
 
     s = config.serving
+    wanted = outputs or [s.probabilities]
     latencies, errors, probs = [], [], {}
     lock = threading.Lock()
     queue = iter(range(len(payloads)))
@@ -102,7 +105,7 @@ def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarra
                 inp.set_data_from_numpy(data)
                 t0 = time.perf_counter()
                 try:
-                    res = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(s.probabilities)],
+                    res = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in wanted],
                                        client_timeout=900)
                 except Exception as exc:  # counted and reported
                     with lock:

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vidcls.arguments import check_address
+from vidcls.client.evidence import DEFAULT_MOMENTS
+from vidcls.client.evidence import FIELDS as EVIDENCE_FIELDS
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
                                    make_client, model_missing, served_classes, served_limits, server_problem)
@@ -80,11 +82,12 @@ class ClassifyOptions:
     # check, the retry budget above decides (for callers that start a server alongside).
     wait_for_server: float | None = 0.0
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    evidence: int = 0  # > 0: record the evidence (this many top moments per video)
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
                               model_version=self.model_version, timeout=self.timeout, shm=self.shm,
-                              top_k=self.top_k)
+                              top_k=self.top_k, evidence=self.evidence)
 
 
 @dataclass
@@ -175,6 +178,8 @@ def _record(path: str, opts: ClassifyOptions) -> dict[str, Any]:
                               "latency_ms": None, "error": "", "skipped": "", "attempts": 0, "endpoint": ""}
     if opts.top_k:
         record["top_k"] = None
+    if opts.evidence:
+        record.update(dict.fromkeys(EVIDENCE_FIELDS))
     return record
 
 
@@ -189,7 +194,7 @@ async def _classify_one(path: str, fleet: Fleet, opts: ClassifyOptions, req: Req
         record["error"] = f"unreadable: {exc.strerror or exc}"
         return record
     except VideoError as exc:
-        record["error"] = f"{exc}; refused by the client (the server's limit), not sent"
+        record["error"] = f"{exc}; refused by the client before sending (the server's limit)"
         return record
     await budget.acquire(size)
     try:
@@ -227,6 +232,8 @@ async def _send(path: str, record: dict[str, Any], fleet: Fleet, opts: ClassifyO
                            "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)})
             if opts.top_k:
                 record["top_k"] = pred.top_k
+            if opts.evidence:
+                record.update(pred.evidence)
             return record
         finally:
             ep.outstanding -= 1
@@ -269,6 +276,8 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         raise UsageError(f"{missing[0]} does not exist{more}")
     if opts.max_inflight_bytes < 1:
         raise UsageError("--max-inflight-mb must be positive")
+    if opts.evidence < 0:
+        raise UsageError("--evidence K needs K >= 1 (moments per video)")
     output, fmt = resolve_output(opts.output, opts.fmt)
     paths, list_files = list(paths), list(list_files)
     own = path_key(output) if output not in (None, "-") else None
@@ -317,6 +326,8 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         await _preflight(fleet, req)
         classes = await _classes_of(fleet, req)
         limits = await _served_limits(fleet, req, opts.config)
+        if req.evidence:
+            await _check_evidence_outputs(fleet, req)
     except BaseException:
         await _close(fleet)
         raise
@@ -326,7 +337,7 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     # The folders' files, picked by the limits the server enforces (its allowed containers).
     why_not = dict(found(limits or opts.config.limits))
     budget = ByteBudget(opts.max_inflight_bytes)
-    writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k)), header) \
+    writer = ResultWriter(output, fmt, fieldnames(opts.config.classes, bool(opts.top_k), bool(opts.evidence)), header) \
         if output is not None else None
     queue: asyncio.Queue[str] = asyncio.Queue()
     for p in todo:
@@ -431,6 +442,20 @@ async def _served_limits(fleet: Fleet, req: RequestOptions, config: VidclsConfig
         if limits is not None:
             return limits
     return None
+async def _check_evidence_outputs(fleet: Fleet, req: RequestOptions) -> None:
+    """--evidence against a repository exported without the evidence outputs would fail every
+    file: say so once instead."""
+    from vidcls.client.evidence import output_names
+
+    for ep in fleet.endpoints:
+        try:
+            meta = await ep.client.get_model_metadata(req.model, req.model_version, as_json=True, client_timeout=5)
+        except Exception:  # unreachable now: the requests will tell
+            continue
+        missing = set(output_names(req.config)) - {o["name"] for o in meta.get("outputs", [])}
+        if missing:
+            raise UsageError(f"model {req.model!r} at {ep.url} has no evidence outputs ({', '.join(sorted(missing))}): "
+                             "export the repository again with this version of vidcls")
 
 
 async def _close(fleet: Fleet) -> None:
@@ -494,6 +519,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="also report the top K classes through Triton's classification extension (0 = no)")
     req.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / 2**20,
                      help="most MiB of file contents held at once, all requests together (a bigger file goes alone)")
+    req.add_argument("--evidence", nargs="?", type=int, const=DEFAULT_MOMENTS, default=0, metavar="K",
+                     help="also record what each answer rests on: the K sampled frames with the most attention "
+                          f"(time stamps; default {DEFAULT_MOMENTS}) and the per-model, per-view probabilities")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -516,7 +544,7 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
         top_k=args.top_k, wait_for_server=args.wait_for_server,
-        max_inflight_bytes=int(args.max_inflight_mb * 2**20))
+        max_inflight_bytes=int(args.max_inflight_mb * 2**20), evidence=args.evidence)
 
 
 def run(args: argparse.Namespace) -> int:

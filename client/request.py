@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vidcls.client import evidence
 from vidcls.config import VidclsConfig
 
 TRANSIENT_CODES = {"StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"}
@@ -46,6 +47,7 @@ class RequestOptions:
     timeout: float | None = None
     shm: bool = False
     top_k: int = 0
+    evidence: int = 0  # > 0: also ask for the evidence outputs, keep this many top moments
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Prediction:
     class_name: str
     probabilities: dict[str, float]
     top_k: list[dict[str, Any]] | None = None
+    evidence: dict[str, Any] | None = None  # vidcls.client.evidence.from_result
 
 
 class RequestError(Exception):
@@ -243,6 +246,8 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
         # class gives the full distribution (6 decimals, Triton's formatting) and the ranking.
         outputs = [grpcclient.InferRequestedOutput(s.probabilities, class_count=len(classes) if opts.top_k else 0),
                    grpcclient.InferRequestedOutput(s.class_name)]
+        if opts.evidence:
+            outputs += [grpcclient.InferRequestedOutput(n) for n in evidence.output_names(opts.config)]
         result = await client.infer(opts.model, [video], model_version=opts.model_version, outputs=outputs,
                                     client_timeout=opts.timeout)
     except Exception as exc:
@@ -270,4 +275,5 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
         top = None
     if class_name is None:
         class_name = max(probs, key=probs.get)
-    return Prediction(str(class_name), probs, top)
+    found = evidence.from_result(result, opts.config, opts.evidence) if opts.evidence else None
+    return Prediction(str(class_name), probs, top, found)

@@ -18,11 +18,12 @@ from typing import Any, Sequence
 FORMATS = ("csv", "jsonl")
 
 
-def fieldnames(classes: Sequence[str], top_k: bool = False) -> list[str]:
+def fieldnames(classes: Sequence[str], top_k: bool = False, evidence: bool = False) -> list[str]:
     """Columns: path, class, one probability column per class (named by it), then bookkeeping.
     ``skipped`` holds why a file found in a folder was not sent (not a video), ``error`` why a
     file failed; a row has a class, an error or a skip reason."""
     return ["path", "class", *classes, *(["top_k"] if top_k else []),
+            *(["moments", "view_probabilities"] if evidence else []),
             "latency_ms", "error", "skipped", "attempts", "endpoint"]
 
 
@@ -121,8 +122,11 @@ def _csv_value(value: Any) -> Any:
         return ""
     if isinstance(value, float):
         return repr(value)  # shortest text that reads back as the same number
-    if isinstance(value, list):  # top-k: [{"class": .., "score": ..}, ...]
+    if isinstance(value, list) and all(isinstance(e, dict) and "class" in e for e in value):
+        # top-k: [{"class": .., "score": ..}, ...]
         return ";".join(f"{e['class']}:{e['score']:.6f}" for e in value)
+    if isinstance(value, (list, dict)):  # the evidence: JSON text in one cell
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, str):
         return one_line(value)
     return value

@@ -41,7 +41,8 @@ DEFAULT_OPSET = 17
 
 
 class ExportableTemporal(nn.Module):
-    """``softmax(model(x))`` for unpadded [B, L, D] sequences, written for a length-free graph.
+    """``softmax(model(x))`` and the attention-pooling weights for unpadded [B, L, D] sequences,
+    written for a length-free graph.
 
     Shares (does not copy) the parameters of ``model``. Eval-mode only: dropout is identity.
     """
@@ -65,18 +66,20 @@ class ExportableTemporal(nn.Module):
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, -1, embed))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (probabilities [B, C], attention-pooling weights [B, L])."""
         m = self.model
         lstm_out, _ = m.lstm(m.input_projection(x))
         seq = m.attention_norm(lstm_out + self._self_attention(lstm_out))
         weights = torch.softmax(m.attention_pooling(seq).squeeze(-1), dim=1)
         pooled = (weights.unsqueeze(-1) * seq).sum(dim=1)
-        return torch.softmax(m.classifier(pooled), dim=-1)
+        return torch.softmax(m.classifier(pooled), dim=-1), weights
 
 
 def export_temporal_onnx(model: SuperEnhancedTemporalModel, config: VidclsConfig, path: str | os.PathLike,
                          opset: int | None = None, check: bool = True) -> Path:
-    """Export ``model`` as ``config.serving.sequence`` float32 [B, L, D] → ``config.serving.probs`` [B, C].
+    """Export ``model`` as ``config.serving.sequence`` float32 [B, L, D] → ``config.serving.probs`` [B, C]
+    and ``config.serving.attention`` [B, L] (the attention-pooling weights: the evidence).
 
     B and L are dynamic. With ``check`` (default) the graph is compared with PyTorch in ONNX
     Runtime at every length serving uses plus a few others (batch 1 and 3); on failure the file is
@@ -89,8 +92,9 @@ def export_temporal_onnx(model: SuperEnhancedTemporalModel, config: VidclsConfig
     path = Path(path)
 
     def write(tmp: Path) -> None:
-        _torchscript_export(wrapper, example, tmp, [s.sequence], [s.probs],
-                            {s.sequence: {0: "batch", 1: "length"}, s.probs: {0: "batch"}},
+        _torchscript_export(wrapper, example, tmp, [s.sequence], [s.probs, s.attention],
+                            {s.sequence: {0: "batch", 1: "length"}, s.probs: {0: "batch"},
+                             s.attention: {0: "batch", 1: "length"}},
                             opset or DEFAULT_OPSET)
 
     def check_fn(tmp: Path):

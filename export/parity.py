@@ -6,7 +6,8 @@ length or a mistranslated LSTM never reaches a model repository.
 
 Tolerances (measured on this project's models, ONNX Runtime 1.32 CPU vs torch 2.14 CPU, float32):
 
-- ``PROBS_ATOL``: temporal softmax probabilities, max abs difference. Measured max 3.0e-7 (tiny
+- ``PROBS_ATOL``: temporal softmax probabilities and attention-pooling weights (both softmax
+  outputs in [0, 1]), max abs difference. Measured max 3.0e-7 (tiny
   config) and 5.4e-7 (default 65M-parameter model) over lengths 5..128, batch 1 and 3: float32
   rounding in a different summation order (LSTM gates, attention matmuls). 1e-5 is ~25x that
   headroom, and ~1000x below what would change a served probability's 3rd decimal; a real bug
@@ -105,25 +106,34 @@ def temporal_lengths(config: VidclsConfig, extra: Iterable[int] = EXTRA_LENGTHS)
 
 def _compare(name: str, metric: str, tolerance: float, shapes: Sequence[tuple[int, ...]],
              make_input: Callable[[tuple[int, ...]], np.ndarray], torch_fn, session,
-             input_name: str, scale_fn: Callable[[np.ndarray], float]) -> ParityReport:
+             input_name: str, scale_fn: Callable[[np.ndarray], float],
+             output_names: Sequence[str] | None = None) -> ParityReport:
+    """``torch_fn(x)`` gives the expected value of each output in ``output_names`` (a tuple in
+    that order; one array when ``output_names`` is None: the graph's first output). A row's error
+    is the worst output's; with several outputs the message gives each one's difference."""
     report = ParityReport(name, metric, tolerance)
     for shape in shapes:
         x = make_input(shape)
-        ref = torch_fn(x)
+        refs = torch_fn(x)
+        refs = (refs,) if output_names is None else tuple(refs)
         try:
-            got = session.run(None, {input_name: x})[0]
+            gots = session.run(None if output_names is None else list(output_names), {input_name: x})
         except Exception as exc:  # a baked shape shows up as a Reshape/Expand failure here
             report.rows.append(ParityRow(shape, float("nan"), float("inf"), f"ONNX Runtime failed: {exc}"[:300]))
             continue
-        if got.shape != ref.shape:
-            report.rows.append(ParityRow(shape, float("nan"), float("inf"),
-                                         f"output shape {got.shape} != PyTorch {ref.shape}"))
+        bad = [f"{n}: output shape {g.shape} != PyTorch {r.shape}"
+               for n, g, r in zip(output_names or ("output",), gots, refs) if g.shape != r.shape]
+        if bad:
+            report.rows.append(ParityRow(shape, float("nan"), float("inf"), "; ".join(bad)))
             continue
-        diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-        error = diff / scale_fn(ref)
+        diffs = [float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) for g, r in zip(gots, refs)]
+        errors = [d / scale_fn(r) for d, r in zip(diffs, refs)]
+        error = max(errors)
         if not np.isfinite(error):  # NaN/Inf in either output is a failure, not a pass
             error = float("inf")
-        report.rows.append(ParityRow(shape, diff, error))
+        message = "" if output_names is None else ", ".join(
+            f"{n} {d:.3g}" for n, d in zip(output_names, diffs))
+        report.rows.append(ParityRow(shape, max(diffs), error, message))
     return report
 
 
@@ -144,13 +154,12 @@ def parity_threads() -> int:
 def check_temporal(model, onnx_path, config: VidclsConfig, lengths: Iterable[int] | None = None,
                    batches: Iterable[int] = TEMPORAL_BATCHES, tolerance: float = PROBS_ATOL,
                    session=None, seed: int = 0) -> ParityReport:
-    """Softmax probabilities of ``model`` (a SuperEnhancedTemporalModel, run as SoftmaxHead in
-    PyTorch) vs the ONNX graph at every (batch, length); the report, not raised."""
+    """Softmax probabilities and attention-pooling weights of ``model`` (a
+    SuperEnhancedTemporalModel, the original module) vs the ONNX graph's two outputs at every
+    (batch, length); the report, not raised."""
     import torch
 
-    from vidcls.models.temporal import SoftmaxHead
-
-    head = SoftmaxHead(model).eval()
+    model.eval()
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     lengths = temporal_lengths(config) if lengths is None else sorted(set(lengths))
@@ -163,11 +172,13 @@ def check_temporal(model, onnx_path, config: VidclsConfig, lengths: Iterable[int
 
     @torch.inference_mode()
     def torch_fn(x):
-        return head(torch.from_numpy(x).to(device)).float().cpu().numpy()
+        logits, weights = model(torch.from_numpy(x).to(device), return_attention=True)
+        return (torch.softmax(logits, dim=-1).float().cpu().numpy(), weights.float().cpu().numpy())
 
-    return _compare(f"temporal ({onnx_path})", "max |probs_onnx - probs_torch|", tolerance, shapes,
-                    make_input, torch_fn, _session(onnx_path, session), config.serving.sequence,
-                    lambda ref: 1.0)
+    s = config.serving
+    return _compare(f"temporal ({onnx_path})", "max |onnx - torch| over probs and attention weights", tolerance,
+                    shapes, make_input, torch_fn, _session(onnx_path, session), s.sequence,
+                    lambda ref: 1.0, output_names=(s.probs, s.attention))
 
 
 def check_backbone(backbone, onnx_path, config: VidclsConfig, batches: Iterable[int] = BACKBONE_BATCHES,

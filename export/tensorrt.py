@@ -222,8 +222,10 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
 
 
 class EngineRunner:
-    """Runs a serialized single-input/single-output engine on torch CUDA tensors (export-time
-    checks and benchmarks; Triton runs the plans in production)."""
+    """Runs a serialized single-input engine on torch CUDA tensors (export-time checks and
+    benchmarks; Triton runs the plans in production). Calling it returns the first output; every
+    output gets a buffer (TensorRT needs an address for each), :meth:`run_all` returns them all
+    (the temporal plans also output the attention-pooling weights)."""
 
     def __init__(self, plan_path: str | os.PathLike):
         trt = _import_tensorrt()
@@ -239,22 +241,27 @@ class EngineRunner:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.output = self.outputs[0]
         self._dtypes = {n: _torch_dtype(torch, self.engine.get_tensor_dtype(n), trt) for n in names}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run_all(x)[self.output]
+
+    def run_all(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self._torch
         inp = torch.from_numpy(np.ascontiguousarray(x)).to("cuda", self._dtypes[self.input])
         self.context.set_input_shape(self.input, tuple(inp.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)),
-                          dtype=self._dtypes[self.output], device="cuda")
         self.context.set_tensor_address(self.input, inp.data_ptr())
-        self.context.set_tensor_address(self.output, out.data_ptr())
+        outs = {}
+        for name in self.outputs:
+            outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
+            self.context.set_tensor_address(name, outs[name].data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return out.float().cpu().numpy()
+        return {name: out.float().cpu().numpy() for name, out in outs.items()}
 
 
 def _torch_dtype(torch, dtype, trt):
@@ -288,13 +295,17 @@ def check_engine(plan_path, onnx_path, config: VidclsConfig, role: str, seed: in
         def make_input(shape):
             return rng.integers(0, 256, size=shape, dtype=np.uint8)
 
+    # Every output: the temporal plans' attention-pooling weights are softmax outputs like PROBS.
+    names = tuple(runner.outputs)
+
     def reference(x):
-        return session.run(None, {prof.name: x})[0]
+        return session.run(list(names), {prof.name: x})
 
     class _EngineSession:  # parity._compare runs "session.run"
         @staticmethod
-        def run(_outputs, feeds):
-            return [runner(feeds[prof.name])]
+        def run(outputs, feeds):
+            results = runner.run_all(feeds[prof.name])
+            return [results[n] for n in outputs]
 
     return parity._compare(f"tensorrt {role} ({plan_path})", "FP16 engine vs ONNX Runtime FP32", tolerance,
-                           shapes, make_input, reference, _EngineSession(), prof.name, scale)
+                           shapes, make_input, reference, _EngineSession(), prof.name, scale, output_names=names)

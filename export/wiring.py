@@ -99,25 +99,34 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     probabilities = Tensor(s.probabilities, "TYPE_FP32", (C,), label_filename=LABELS_FILE)
     class_name = Tensor(s.class_name, "TYPE_STRING", (1,))
     avg_inputs = tuple(Tensor(name, "TYPE_FP32", (C,)) for name in config.average_inputs())
+    # Evidence: optional outputs of the ensemble (a request gets only the outputs it names).
+    times = (Tensor(s.frame_numbers, "TYPE_INT32", (T,)), Tensor(s.frame_times, "TYPE_FP32", (T,))) if s.evidence else ()
+    attention = (Tensor(s.attention, "TYPE_FP32", (-1,)),) if s.evidence else ()
+    avg_attention = tuple(Tensor(config.average_input(m, v, s.attention), "TYPE_FP32", (lengths[v],))
+                          for m in config.temporal_model_names() for v in config.tta_views) if s.evidence else ()
+    evidence = (Tensor(s.frame_attention, "TYPE_FP32", (T,)),
+                Tensor(s.view_probabilities, "TYPE_FP32", (config.num_models, len(config.tta_views), C))
+                ) if s.evidence else ()
 
     models = [
         # The probe learns which decoder follows it: with DALI it also applies serving.dali_codecs/_containers.
-        Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices,),
+        Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices, *times),
               params=((DECODER_PARAMETER, decode),)),
         Model(s.decode, "decode", "python" if decode == "cpu" else "dali",
               s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices), (frames,)),
         Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames,), (features,)),
         Model(s.views, "views", "python", s.views_batch, (features,), views),
-        *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs,))
+        *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs, *attention))
           for name in config.temporal_model_names()],
-        Model(s.average, "average", "python", s.average_batch, avg_inputs, (probabilities, class_name)),
+        Model(s.average, "average", "python", s.average_batch, avg_inputs + avg_attention,
+              (probabilities, class_name, *evidence)),
     ]
 
     def io(*pairs):
         return tuple(pairs)
 
     steps = [
-        Step(s.probe, io((s.video, s.video)), io((s.frame_indices, s.frame_indices))),
+        Step(s.probe, io((s.video, s.video)), io((s.frame_indices, s.frame_indices), *((t.name, t.name) for t in times))),
         Step(s.decode, io((s.video, s.video), (s.frame_indices, s.frame_indices)), io((s.frames, s.frames))),
         Step(s.backbone, io((s.frames, s.frames)), io((s.features, s.features))),
         Step(s.views, io((s.features, s.features)), tuple((v.name, v.name) for v in views)),
@@ -127,12 +136,16 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     for name in config.temporal_model_names():
         for view in config.tta_views:
             steps.append(Step(name, io((s.sequence, config.view_tensor(view))),
-                              io((s.probs, config.average_input(name, view)))))
-    steps.append(Step(s.average, tuple((t.name, t.name) for t in avg_inputs),
-                      io((s.probabilities, s.probabilities), (s.class_name, s.class_name))))
+                              io((s.probs, config.average_input(name, view)),
+                                 *((a.name, config.average_input(name, view, a.name)) for a in attention))))
+    steps.append(Step(s.average, tuple((t.name, t.name) for t in avg_inputs + avg_attention),
+                      io((s.probabilities, s.probabilities), (s.class_name, s.class_name),
+                         *((t.name, t.name) for t in evidence))))
     ensemble_batch = min(m.max_batch_size for m in models)  # Triton: at most each step's
     models.append(Model(s.ensemble, "ensemble", "ensemble", ensemble_batch,
-                        (Tensor(s.video, "TYPE_UINT8", (-1,)),), (probabilities, class_name), tuple(steps)))
+                        (Tensor(s.video, "TYPE_UINT8", (-1,)),),
+                        (probabilities, class_name, *times, *evidence),
+                        tuple(steps)))
     return models
 
 
@@ -195,6 +208,13 @@ def _check_ensemble(ens, configs) -> list[str]:
     for name, (_, _, who) in available.items():
         if name not in consumed:
             problems.append(f"tensor {name} from {who} is never used")
+    # Triton (2.51) stops such an ensemble with "unexpected deadlock" on every request that does
+    # not name that output: a step's input must not be an ensemble output as well.
+    step_inputs = {v: st.model_name for st in ens.ensemble_scheduling.step for v in st.input_map.values()}
+    for t in ens.output:
+        if t.name in step_inputs:
+            problems.append(f"ensemble output {t.name} is also an input of step {step_inputs[t.name]} "
+                            "(requests that do not ask for it would deadlock)")
     return problems
 
 

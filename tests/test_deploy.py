@@ -441,3 +441,148 @@ def test_deployment_doc_shows_the_current_budget():
     for cmd in ("nvidia-smi -i 0 -mig 1", "nvidia-smi mig", "-cgi", "nvidia-smi -L", "--decode dali",
                 "--decode cpu", "vidcls classify", "vidcls bench", "/v2/health/ready"):
         assert cmd in doc, cmd
+
+
+# ---- monitoring: the Grafana dashboard and the scrape configs ---------------------------------
+DASHBOARD = K8S / "monitoring" / "vidcls-dashboard.json"
+MONITORING_DOC = ROOT / "docs" / "monitoring.md"
+# Grafana's built-in variables, replaced by a value of the same kind before parsing a query.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
+
+
+def _dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def _panels(dash: dict) -> list[dict]:
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+def _queried_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL query reads (its vector selectors), from a real PromQL parser."""
+    import promql_parser as promql
+    for var, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(var, value)
+    names: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, promql.VectorSelector):
+            names.add(node.name)
+        return True
+
+    promql.walk(promql.parse(expr), visit)  # raises on a syntax error
+    return names
+
+
+def _gpu_only_metrics() -> set[str]:
+    """The metrics docs/monitoring.md lists as reported only where there is a GPU."""
+    section = MONITORING_DOC.read_text().split("### GPU-only metrics", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([A-Za-z_:][A-Za-z0-9_:]*)` \|", section, re.M))
+
+
+def test_dashboard_structure():
+    dash = _dashboard()
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for p in _panels(dash):
+        pos = p["gridPos"]
+        assert pos["x"] + pos["w"] <= 24 and pos["w"] > 0 and pos["h"] > 0, p["title"]
+        assert p["datasource"]["uid"] == "${datasource}", f"{p['title']}: use the data-source variable"
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["expr"].strip() and t["refId"], p["title"]
+            _queried_metrics(t["expr"])  # every query parses
+    # Panels do not overlap (Grafana would shove them around).
+    cells = set()
+    for p in dash["panels"]:
+        pos = p["gridPos"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps another panel"
+                cells.add((x, y))
+
+
+def test_dashboard_query_check_is_live():
+    with pytest.raises(Exception):
+        _queried_metrics("sum by (model) (rate(nv_inference_count[$__rate_interval])")  # unbalanced
+    assert _queried_metrics('rate(a_total{x="b"}[$__rate_interval]) / on(x) b') == {"a_total", "b"}
+
+
+def test_every_vidcls_metric_has_a_panel():
+    from vidcls.triton_models.metrics import ALL
+
+    queried = {m for p in _panels(_dashboard()) for t in p["targets"] for m in _queried_metrics(t["expr"])}
+    for spec in ALL:
+        assert set(spec.series()) & queried, f"{spec.name} is on no panel"
+
+
+@pytest.mark.server
+def test_every_dashboard_metric_exists_in_a_real_scrape(triton_server, grpc_infer, h264_video):
+    """Each metric a panel queries is in a scrape of the real (cpu) server after a good and a bad
+    request, or is one docs/monitoring.md lists as GPU-only."""
+    import urllib.request
+
+    from tritonclient.utils import InferenceServerException
+
+    grpc_infer(h264_video)
+    with pytest.raises(InferenceServerException):
+        grpc_infer(b"not a video" * 100)
+    text = urllib.request.urlopen(triton_server.metrics_url, timeout=10).read().decode()
+    scraped = set(re.findall(r"^([A-Za-z_:][A-Za-z0-9_:]*)[{ ]", text, re.M))
+    scraped |= set(re.findall(r"^# TYPE ([A-Za-z_:][A-Za-z0-9_:]*) ", text, re.M))
+    gpu_only = _gpu_only_metrics()
+    assert {"nv_gpu_utilization", "DCGM_FI_DEV_DEC_UTIL"} <= gpu_only
+    assert not gpu_only & scraped or _has_gpu(), f"listed as GPU-only but a CPU server has them: {gpu_only & scraped}"
+    for p in _panels(_dashboard()):
+        for t in p["targets"]:
+            missing = _queried_metrics(t["expr"]) - scraped - gpu_only
+            assert not missing, f"panel {p['title']!r} queries {sorted(missing)}: not in the scrape, not GPU-only"
+
+
+def _has_gpu() -> bool:
+    from tests.conftest import _has_gpu as has_gpu
+
+    return has_gpu()
+
+
+def test_compose_grafana_is_provisioned_with_the_dashboard():
+    doc = _compose()
+    grafana = doc["services"]["grafana"]
+    assert grafana["profiles"] == ["monitoring"] and grafana["image"].split(":")[1][0].isdigit(), "pinned tag"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"] if v.split(":")[0].startswith(".")}
+    for target, source in mounts.items():
+        assert (DOCKER / source).resolve().exists(), f"{source} (mounted at {target}) is not in the repository"
+    dash_target = next(t for t, s in mounts.items() if s.endswith("vidcls-dashboard.json"))
+    assert (DOCKER / mounts[dash_target]).resolve() == DASHBOARD
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/vidcls.yaml").read_text())["providers"][0]
+    assert dash_target.startswith(provider["options"]["path"] + "/")
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dash_target
+    (source,) = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+    prom = doc["services"]["prometheus"]
+    assert source["type"] == "prometheus" and source["url"] == f"http://prometheus:{prom['ports'][0].rsplit(':', 1)[1]}"
+    assert "prometheus" in grafana["depends_on"]
+
+
+def test_k8s_monitoring_kustomization_carries_the_dashboard():
+    kust = yaml.safe_load((K8S / "monitoring" / "kustomization.yaml").read_text())
+    for res in kust["resources"]:
+        assert (K8S / "monitoring" / res).exists()
+    (gen,) = kust["configMapGenerator"]
+    assert gen["files"] == [DASHBOARD.name] and gen["options"]["labels"] == {"grafana_dashboard": "1"}
+    # What kustomize generates from it, validated like the other manifests.
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"], "labels": gen["options"]["labels"]},
+          "data": {DASHBOARD.name: DASHBOARD.read_text()}}
+    _k8s_validate(cm)
+    assert len(DASHBOARD.read_bytes()) < 1024 * 1024 - 4096, "a ConfigMap holds at most 1 MiB"
+
+
+def test_k8s_plain_prometheus_scrape_matches_the_pods():
+    job = yaml.safe_load((K8S / "monitoring" / "prometheus-scrape.yaml").read_text())["scrape_configs"][0]
+    keep = {tuple(r["source_labels"]): r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    pod = _base()["deployment.yaml"][0]["spec"]["template"]
+    assert keep[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)] == pod["metadata"]["labels"]["app.kubernetes.io/name"]
+    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert keep[("__meta_kubernetes_pod_container_port_name",)] in ports

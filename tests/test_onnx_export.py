@@ -34,9 +34,10 @@ def test_temporal_export_is_dynamic_and_matches_torch(tiny_config, tmp_path):
     graph = onnx.load(str(path)).graph
     s = tiny_config.serving
     assert [i.name for i in graph.input] == [s.sequence]
-    assert [o.name for o in graph.output] == [s.probs]
+    assert [o.name for o in graph.output] == [s.probs, s.attention]
     assert _dims(graph.input[0]) == ["batch", "length", tiny_config.feature_dim]
     assert _dims(graph.output[0]) == ["batch", tiny_config.num_classes]
+    assert _dims(graph.output[1]) == ["batch", "length"]
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     # The LSTM goes out as fused ONNX LSTM nodes (one bidirectional node per layer).
     lstms = [n for n in graph.node if n.op_type == "LSTM"]
@@ -49,16 +50,21 @@ def test_temporal_export_is_dynamic_and_matches_torch(tiny_config, tmp_path):
     assert report.worst <= parity.PROBS_ATOL
 
 
-def test_temporal_export_outputs_probabilities(tiny_config, tmp_path):
+def test_temporal_export_outputs_probabilities_and_attention(tiny_config, tmp_path):
     model = _temporal(tiny_config, seed=3)
     path = export_temporal_onnx(model, tiny_config, tmp_path / "t.onnx")
     x = np.abs(np.random.default_rng(1).standard_normal((4, 27, tiny_config.feature_dim))).astype(np.float32)
-    probs = make_session(path, intra_op_threads=1).run(None, {tiny_config.serving.sequence: x})[0]
+    probs, attention = make_session(path, intra_op_threads=1).run(None, {tiny_config.serving.sequence: x})
     assert probs.shape == (4, tiny_config.num_classes) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert attention.shape == (4, 27) and attention.dtype == np.float32
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-6)
     with torch.inference_mode():
         ref = SoftmaxHead(model)(torch.from_numpy(x)).numpy()
+        _, ref_weights = model(torch.from_numpy(x), return_attention=True)
     np.testing.assert_allclose(probs, ref, atol=parity.PROBS_ATOL, rtol=0)
+    np.testing.assert_allclose(attention, ref_weights.numpy(), atol=parity.PROBS_ATOL, rtol=0)
+    assert np.ptp(attention, axis=1).min() > 0, "weights that differ per row, not a constant"
 
 
 def test_parity_lengths_cover_every_served_view(tiny_config):
@@ -76,8 +82,8 @@ def test_parity_check_catches_a_baked_sequence_length(tiny_config, tmp_path):
     s = tiny_config.serving
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(SoftmaxHead(model).eval(), (torch.zeros(2, 18, tiny_config.feature_dim),), str(path),
-                          dynamo=False, input_names=[s.sequence], output_names=[s.probs],
+        torch.onnx.export(_NaiveHead(model).eval(), (torch.zeros(2, 18, tiny_config.feature_dim),), str(path),
+                          dynamo=False, input_names=[s.sequence], output_names=[s.probs, s.attention],
                           dynamic_axes={s.sequence: {0: "batch", 1: "length"}}, opset_version=17)
     report = parity.check_temporal(model, path, tiny_config)
     assert not report.ok
@@ -87,18 +93,40 @@ def test_parity_check_catches_a_baked_sequence_length(tiny_config, tmp_path):
         report.raise_if_failed()
 
 
+class _NaiveHead(torch.nn.Module):
+    """The original module's own forward (probabilities and attention weights), as a naive export sees it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits, weights = self.model(x, return_attention=True)
+        return torch.softmax(logits, dim=-1), weights
+
+
 class _DivergentModel(SuperEnhancedTemporalModel):
     """A model whose PyTorch forward is not the function the exporter writes (an extra logit bias):
     exactly the kind of mismatch the parity check exists for."""
 
-    def forward(self, x, lengths=None):
-        logits = super().forward(x, lengths)
-        return logits + torch.tensor([2.0] + [0.0] * (logits.shape[-1] - 1))
+    def forward(self, x, lengths=None, return_attention=False):
+        logits, weights = super().forward(x, lengths, return_attention=True)
+        logits = logits + torch.tensor([2.0] + [0.0] * (logits.shape[-1] - 1))
+        return (logits, weights) if return_attention else logits
 
 
-def test_export_fails_loudly_and_writes_nothing(tiny_config, tmp_path):
+class _DivergentAttention(SuperEnhancedTemporalModel):
+    """Same probabilities as the export, different attention weights (the evidence would lie)."""
+
+    def forward(self, x, lengths=None, return_attention=False):
+        logits, weights = super().forward(x, lengths, return_attention=True)
+        return (logits, weights.flip(-1)) if return_attention else logits
+
+
+@pytest.mark.parametrize("divergent", [_DivergentModel, _DivergentAttention], ids=["probs", "attention"])
+def test_export_fails_loudly_and_writes_nothing(tiny_config, tmp_path, divergent):
     torch.manual_seed(0)
-    model = _DivergentModel(tiny_config.temporal).eval()
+    model = divergent(tiny_config.temporal).eval()
     path = tmp_path / "bad.onnx"
     with pytest.raises(parity.ParityError) as info:
         export_temporal_onnx(model, tiny_config, path)

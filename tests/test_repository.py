@@ -148,6 +148,12 @@ def test_wiring_check_catches_mistakes(cpu_repository, serving_config):
     with pytest.raises(WiringError, match="already produced"):
         check_wiring(configs)
 
+    configs = load_configs(cpu_repository)  # an intermediate that is also an ensemble output
+    out = configs[s.ensemble].output.add()
+    out.CopyFrom(configs[s.probe].output[0])  # FRAME_INDICES, which the decode step consumes
+    with pytest.raises(WiringError, match="also an input of step"):
+        check_wiring(configs)
+
 
 def test_gpu_repository_with_weights(tmp_path, tiny_checkpoints, cpu_repository, serving_config):
     """gpu/onnxruntime: the backbone graph takes Triton's batch axis [B, T, S, S, 3] and equals the

@@ -88,7 +88,7 @@ def test_failure_releases_chained_exceptions():
         caught = exc
     frames_before = caught.__traceback__ is not None and caught.__context__ is not None
     result = failure(caught, "m")
-    assert frames_before and result == Failure("corrupt: outer", True)
+    assert frames_before and result == Failure("corrupt: outer", True, "corrupt")
     assert caught.__traceback__ is None and caught.__context__ is None
 
 

@@ -197,6 +197,9 @@ def test_unexpected_exception_fails_only_its_request(fake_pb, cpu_repository, se
     model = _load(AverageModel, "average", cpu_repository, s.average)
     c = serving_config.num_classes
     good = {n: np.full((1, c), 1.0 / c, np.float32) for n in serving_config.average_inputs()}
+    lengths = [serving_config.view_lengths[v] for v in serving_config.tta_views] * serving_config.num_models
+    good.update({n: np.full((1, n_rows), 1.0 / n_rows, np.float32)
+                 for n, n_rows in zip(serving_config.average_inputs(s.attention), lengths)})
     broken = dict(good)
     broken[serving_config.average_inputs()[0]] = np.zeros((1, c + 1), np.float32)
     responses = model.execute([good, broken, good])
@@ -213,8 +216,7 @@ def test_interrupts_are_not_answered_as_request_errors(fake_pb, cpu_repository, 
     from vidcls.triton_models.average import AverageModel
 
     model = _load(AverageModel, "average", cpu_repository, serving_config.serving.average)
-    c = serving_config.num_classes
-    good = {n: np.full((1, c), 1.0 / c, np.float32) for n in serving_config.average_inputs()}
+    good = {n: np.zeros((1, 1), np.float32) for n in model.inputs}  # never read: process stops first
 
     def stopped(batch):
         raise stop()

@@ -205,6 +205,19 @@ class ServingConfig:
     # The ensemble's config parameter that publishes the input limits (JSON): clients read it to
     # refuse an oversize file without sending it, and to pick a folder's files as the probe would.
     limits_parameter: str = "vidcls_limits"
+    # Evidence (optional ensemble outputs; Triton returns only the outputs a request names):
+    # each temporal model's attention-pooling weights per sequence row, the time stamp of every
+    # sampled frame (probe), the per-frame attention averaged over models and views, and the
+    # per-model, per-view probabilities whose mean is PROBABILITIES (ensemble_average).
+    evidence: bool = True
+    attention: str = "ATTENTION"
+    frame_times: str = "FRAME_TIMES"
+    # The sampled frames' numbers: FRAME_INDICES' values under a name of their own, because a
+    # Triton ensemble (2.51) whose output is also another step's input stops with "unexpected
+    # deadlock" on every request that does not ask for that output.
+    frame_numbers: str = "FRAME_NUMBERS"
+    frame_attention: str = "FRAME_ATTENTION"
+    view_probabilities: str = "VIEW_PROBABILITIES"
 
     # Per-model max_batch_size (requests, i.e. videos or sequences, per execution).
     probe_batch: int = 16
@@ -363,14 +376,15 @@ class VidclsConfig:
     def view_tensor(self, view: str) -> str:
         return f"{self.serving.view_prefix}{view.upper()}"
 
-    def average_input(self, model: str, view: str) -> str:
-        """The ensemble tensor (and ensemble_average input) carrying ``model``'s probabilities
-        for ``view``."""
-        return f"{self.serving.probs}_{model}_{view.upper()}"
+    def average_input(self, model: str, view: str, tensor: str | None = None) -> str:
+        """The ensemble tensor (and ensemble_average input) carrying ``model``'s ``tensor`` output
+        (default PROBS; ATTENTION for the evidence) for ``view``."""
+        return f"{tensor or self.serving.probs}_{model}_{view.upper()}"
 
-    def average_inputs(self) -> list[str]:
-        """ensemble_average's inputs: every temporal model's views, model by model."""
-        return [self.average_input(m, v) for m in self.temporal_model_names() for v in self.tta_views]
+    def average_inputs(self, tensor: str | None = None) -> list[str]:
+        """ensemble_average's inputs of one kind (PROBS by default): every temporal model's views,
+        model by model."""
+        return [self.average_input(m, v, tensor) for m in self.temporal_model_names() for v in self.tta_views]
 
     @property
     def backbone_onnx_file(self) -> str:

@@ -137,8 +137,11 @@ def make_session(path: str | os.PathLike, intra_op_threads: int = 0,
                                 provider_options=[opts for _, opts in resolved])
 
 
-def chunked_run(session, input_name: str, data: np.ndarray, chunk: int) -> np.ndarray:
-    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated."""
+def chunked_run(session, input_name: str, data: np.ndarray, chunk: int, outputs: Sequence[str] | None = None):
+    """``session`` over ``data`` in chunks of at most ``chunk`` rows along axis 0, concatenated:
+    the first output, or with ``outputs`` (names) a list of those outputs."""
     chunk = max(1, int(chunk))
-    outs = [session.run(None, {input_name: data[i:i + chunk]})[0] for i in range(0, len(data), chunk)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    runs = [session.run(None if outputs is None else list(outputs), {input_name: data[i:i + chunk]})
+            for i in range(0, len(data), chunk)]
+    joined = [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*runs)]
+    return joined[0] if outputs is None else joined

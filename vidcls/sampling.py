@@ -6,6 +6,7 @@ numpy arrays (python backend), torch tensors (training, reference pipeline) or h
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -78,6 +79,42 @@ def tta_views(sequence, views: Sequence[str]) -> dict:
     """{view: rows of ``sequence`` (…, L, D)} for each TTA view, numpy or torch."""
     length = sequence.shape[-2]
     return {v: sequence[..., _index(sequence, view_indices(length, v)), :] for v in views}
+
+
+def view_frame_shares(num_frames: int, scales: Sequence[float], view: str) -> np.ndarray:
+    """[L_view, T]: the share of each sampled frame in each row of TTA view ``view``.
+
+    A multi-scale row averages the frames its scales pick (1.1) and a view row is a multi-scale
+    row (1.2), so every row of what a temporal model sees is a known mix of the T frames. A row's
+    weight is split among the frames it averages, in proportion to how often each appears in it
+    (zero padding carries none, so every row sums to 1 and a weight over rows maps to a weight
+    over frames that sums to the same total).
+    """
+    length = multiscale_length(num_frames, scales)
+    share = np.zeros((length, num_frames), dtype=np.float64)
+    for s in scales:
+        rows = scale_indices(num_frames, s)
+        np.add.at(share, (np.arange(len(rows)), rows), 1.0)
+    share /= share.sum(axis=1, keepdims=True)
+    return share[view_indices(length, view)]
+
+
+def frame_attention(view_weights, num_frames: int, scales: Sequence[float]) -> np.ndarray:
+    """{view: attention weights over that view's rows, [..., M, L_view] for M models} → [..., T]
+    weights over the sampled frames: each (model, view) mapped to frames, averaged over the views,
+    then over the models (the order in which their probabilities are averaged). float32."""
+    total = None
+    for view, weights in view_weights.items():
+        part = np.asarray(weights, dtype=np.float64) @ _shares(int(num_frames), tuple(scales), view)
+        total = part if total is None else total + part
+    return (total / len(view_weights)).mean(axis=-2).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _shares(num_frames: int, scales: tuple, view: str) -> np.ndarray:
+    out = view_frame_shares(num_frames, scales, view)
+    out.flags.writeable = False
+    return out
 
 
 def _index(array, rows: np.ndarray):

@@ -10,11 +10,12 @@ probe, ``vidcls extract``, the client) can report it per file.
 
 from __future__ import annotations
 
+import array
 import io
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Union
 
@@ -77,6 +78,9 @@ class ProbeResult:
     num_frames: int  # counted from the packets, not the header (headers can lie)
     duration_s: float
     size_bytes: int
+    # Presentation time (s, from the first frame) of every counted frame in presentation order,
+    # from the packets' pts; None when a packet had none. See frame_times().
+    frame_pts_s: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 class _Nameless:
@@ -251,6 +255,7 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
         first_pts = None
         slots = bool(fmt_names & SLOT_CONTAINERS)
         previous = None  # the last packet's pts, in demux order (for dropped frames)
+        all_pts = array.array("q")  # 8 bytes a frame: the frame time stamps (evidence)
         time_base = stream.time_base
         # Time stamps past this span (in stream ticks) break max_duration: stop reading there.
         max_ticks = limits.max_duration_s / float(time_base) if time_base else None
@@ -260,9 +265,15 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
                     continue
                 # A repeated picture (empty packet, or a dropped frame's empty AVI chunk) is a frame
                 # too: players show it and FFmpeg counts it.
-                count += 1 + _dropped_before(slots, previous, packet.pts)
+                dropped = _dropped_before(slots, previous, packet.pts)
+                count += 1 + dropped
+                if count > limits.max_frames:  # before a claimed gap is spelled out below
+                    raise VideoError("max_frames", f"more than {limits.max_frames} frames")
+                if dropped:  # a dropped frame's slot is its time stamp
+                    all_pts.extend(range(previous + 1, packet.pts))
                 previous = packet.pts if packet.pts is not None else previous
                 if packet.pts is not None:
+                    all_pts.append(packet.pts)
                     first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
                     last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
                     if max_ticks is not None and last_pts - first_pts > max_ticks:
@@ -286,8 +297,22 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
             duration = max(duration, float((last_pts - first_pts) * time_base))
         if duration > limits.max_duration_s:
             raise VideoError("max_duration", f"{duration:.1f} s is over the limit of {limits.max_duration_s:.0f} s")
+        pts_s = None
+        if len(all_pts) == count and time_base is not None:
+            ticks = np.sort(np.frombuffer(all_pts, dtype=np.int64))
+            pts_s = (ticks - ticks[0]) * float(time_base)
         return ProbeResult(container=container.format.name, codec=codec, width=width, height=height,
-                           num_frames=count, duration_s=duration, size_bytes=size)
+                           num_frames=count, duration_s=duration, size_bytes=size, frame_pts_s=pts_s)
+
+
+def frame_times(info: ProbeResult, indices) -> np.ndarray:
+    """Time stamps (s from the first frame) of the frames at ``indices`` (presentation order, as
+    :func:`vidcls.sampling.sample_indices` counts them): the frames' own pts, or, where the
+    container gave some packets none, the index spread evenly over the duration."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if info.frame_pts_s is not None and len(info.frame_pts_s):
+        return info.frame_pts_s[np.minimum(idx, len(info.frame_pts_s) - 1)].astype(np.float32)
+    return (idx * (info.duration_s / max(info.num_frames, 1))).astype(np.float32)
 
 
 def _stream_duration(stream, container) -> float:

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "classify": ("vidcls.client.classify", "classify videos over gRPC to CSV/JSONL", "client"),
     "bench": ("vidcls.client.bench", "perf_analyzer sweep → CSV, PNG plots, markdown summary", "client"),
     "config": ("vidcls.cli.config_cmd", "print a config (JSON) to start your own from (classes, backbone, ...)", ""),
+    "report": ("vidcls.client.report", "one self-contained HTML page of a classify output (thumbnails at the evidence)",
+               "client"),
     "demo": ("vidcls.cli.demo", "the whole path on synthetic data on this machine's CPU", "train,export,serve,client"),
 }
 

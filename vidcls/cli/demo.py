@@ -2,7 +2,8 @@
 
 synth → extract (tiny CNN, random weights) → train a small ensemble → evaluate → export a cpu
 Triton repository → start a real tritonserver → classify the held-out videos over gRPC →
-print predictions vs. true classes with the accuracy → stop the server.
+print predictions vs. true classes with the accuracy → stop the server → an HTML report of the
+run with the evidence behind each answer.
 
 Each step runs the same code as its ``vidcls`` subcommand (called through the CLI, so the demo
 exercises exactly what a user types) and is skipped or resumed when its output already exists,
@@ -96,15 +97,18 @@ def run(args: argparse.Namespace) -> int:
 
         # exit code 1 only means some file failed; the table below shows which.
         main(["classify", str(data / "test"), "--url", server.grpc_url, "--output", str(predictions),
-              "--concurrency", str(args.concurrency), "--quiet"])
+              "--concurrency", str(args.concurrency), "--evidence", "3", "--quiet"])
     _done(t, timings, "serve+classify")
 
     _step("6/6 predictions vs. true classes")
     accuracy = print_table(predictions, data / "test")
+    report = out / "report.html"
+    _cli("report", predictions, "-o", report, "--title", "vidcls demo: held-out synthetic videos", "--no-progress")
     summary = {"accuracy": accuracy, "seconds": {k: round(v, 1) for k, v in timings.items()},
-               "predictions": str(predictions), "evaluation": str(out / "evaluation")}
+               "predictions": str(predictions), "evaluation": str(out / "evaluation"), "report": str(report)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nsummary: {out / 'demo_summary.json'}; confusion matrices: {out / 'evaluation'}")
+    print(f"\nsummary: {out / 'demo_summary.json'}; confusion matrices: {out / 'evaluation'}; "
+          f"report (open in a browser): {report}")
     return 0
 
 

@@ -49,8 +49,11 @@ class SuperEnhancedTemporalModel(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, L, D] features (zero-padded past ``lengths``) → [B, C] logits."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                return_attention: bool = False):
+        """[B, L, D] features (zero-padded past ``lengths``) → [B, C] logits; with
+        ``return_attention`` also the attention-pooling weights [B, L] (softmax over time, 0 on
+        padding): how much each row of the sequence counted in the pooled vector (the evidence)."""
         b, seq_len, _ = x.shape
         x = self.input_projection(x)
         pad_mask = None
@@ -68,7 +71,8 @@ class SuperEnhancedTemporalModel(nn.Module):
             scores = scores.masked_fill(pad_mask, float("-inf"))
         weights = torch.softmax(scores, dim=1)
         pooled = (weights.unsqueeze(-1) * seq).sum(dim=1)
-        return self.classifier(pooled)
+        logits = self.classifier(pooled)
+        return (logits, weights) if return_attention else logits
 
 
 class SoftmaxHead(nn.Module):

@@ -19,6 +19,10 @@ result into a response. Isolation rules:
   region until some later collection, and the region grew by about one upload per refusal.
   :func:`failure` reads the message and clears those frames at once.
 
+Metrics (:mod:`vidcls.triton_models.metrics`): every request answered with an error is counted
+under this model and its code; a result may carry samples of its own under ``metrics.STATS``,
+recorded once per answered request (never twice when a failed batch is retried request by request).
+
 ``triton_python_backend_utils`` exists only inside the python backend stub, so it is imported in
 :meth:`initialize`; the processing code (``process``) is plain numpy and testable without Triton.
 """
@@ -34,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vidcls.config import CONFIG_PARAMETER, REPOSITORY_CONFIG_FILE, VidclsConfig
+from vidcls.triton_models import metrics
 from vidcls.video import VideoError
 
 Batch = list[dict[str, np.ndarray]]
@@ -45,16 +50,17 @@ class Failure:
 
     message: str
     invalid_input: bool  # True: the input's fault (INVALID_ARG); False: ours (INTERNAL)
+    code: str  # what the failure is counted under: a VideoError's code, else metrics.INTERNAL_CODE
 
 
 def failure(exc: BaseException, model_name: str) -> Failure:
     """The :class:`Failure` for ``exc``, after releasing what ``exc`` keeps alive (see the module
     docstring): the locals of every frame in its traceback and in the exceptions chained to it."""
     if isinstance(exc, VideoError):
-        result = Failure(f"{exc.code}: {exc.message}", True)
+        result = Failure(f"{exc.code}: {exc.message}", True, exc.code)
     else:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        result = Failure(f"internal: {model_name} failed: {detail}", False)
+        result = Failure(f"internal: {model_name} failed: {detail}", False, metrics.INTERNAL_CODE)
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -90,6 +96,7 @@ class BatchedModel:
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.model_config["output"]
         }
+        self.metrics = metrics.Recorder(pb_utils)
         self.setup()
 
     def execute(self, requests):
@@ -104,10 +111,12 @@ class BatchedModel:
                 results[i] = failure(exc, self.model_name)
         for slot, result in zip(slots, self.process_isolated(batch)):
             results[slot] = result
+        for result in results:
+            self.account(result)
         return [self.respond(r) for r in results]
 
     def finalize(self) -> None:
-        pass
+        self.metrics.close()
 
     # ---- subclass hooks ----------------------------------------------------------------------
     def setup(self) -> None:
@@ -145,6 +154,13 @@ class BatchedModel:
                 except Exception as single:  # this request's own error
                     results.append(failure(single, self.model_name))
         return [failure(r, self.model_name) if isinstance(r, BaseException) else r for r in results]
+
+    def account(self, result: Any) -> None:
+        """Record the custom metrics of one answered request (and take its samples off the result)."""
+        if isinstance(result, Failure):
+            self.metrics.record([metrics.sample(metrics.FAILURES, step=self.model_name, code=result.code)])
+        elif isinstance(result, dict):
+            self.metrics.record(result.pop(metrics.STATS, ()))
 
     def respond(self, result: Any):
         pb = self.pb

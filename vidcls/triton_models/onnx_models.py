@@ -87,14 +87,16 @@ class BackboneModel(_OnnxModel):
 
 
 class TemporalModel(_OnnxModel):
-    """SEQUENCE FP32 [L, D] → PROBS FP32 [C]; requests of equal length run as one batch."""
+    """SEQUENCE FP32 [L, D] → PROBS FP32 [C] (+ ATTENTION FP32 [L], the attention-pooling weights,
+    with evidence on); requests of equal length run as one batch."""
 
     role = "temporal"
 
     def setup(self) -> None:
         super().setup()
         s = self.config.serving
-        self.inputs, self.output = (s.sequence,), s.probs
+        self.inputs = (s.sequence,)
+        self.outputs = (s.probs, s.attention) if s.evidence else (s.probs,)
 
     def process(self, batch):
         name = self.inputs[0]
@@ -104,10 +106,10 @@ class TemporalModel(_OnnxModel):
         out: list = [None] * len(batch)
         for indices in by_length.values():
             seqs = [batch[i][name] for i in indices]  # each [b, L, D]
-            probs = chunked_run(self.session, self.session_input, np.concatenate(seqs),
-                                self.config.serving.temporal_batch)
+            results = chunked_run(self.session, self.session_input, np.concatenate(seqs),
+                                  self.config.serving.temporal_batch, outputs=self.outputs)
             start = 0
             for i, seq in zip(indices, seqs):
-                out[i] = {self.output: probs[start:start + len(seq)]}
+                out[i] = {n: r[start:start + len(seq)] for n, r in zip(self.outputs, results)}
                 start += len(seq)
         return out

@@ -1,8 +1,9 @@
 """video_probe: validate each video against the input limits, count its frames, pick the frame indices.
 
 VIDEO UINT8 [nbytes] (the encoded file) → FRAME_INDICES INT32 [T] = sample_indices(frames, T), the
-same function training and the reference decoder use. Nothing is decoded here: a request that
-breaks a limit is rejected before any decoder allocates memory for it.
+same function training and the reference decoder use, and (evidence) FRAME_NUMBERS INT32 [T] (the
+same indices, for the client) and FRAME_TIMES FP32 [T], the time stamp of each sampled frame. Nothing is decoded here: a request that breaks a limit is
+rejected before any decoder allocates memory for it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import numpy as np
 
 from vidcls.config import DECODER_PARAMETER
 from vidcls.sampling import sample_indices
+from vidcls.triton_models import metrics
 from vidcls.triton_models.base import BatchedModel, rows
-from vidcls.video import VideoError, probe
+from vidcls.video import VideoError, frame_times, probe
 
 
 class ProbeModel(BatchedModel):
@@ -41,12 +43,21 @@ class ProbeModel(BatchedModel):
         return [self.one(item[video]) for item in batch]
 
     def one(self, videos: np.ndarray):
+        s = self.config.serving
+        indices, times, stats = [], [], []
         try:
-            out = []
             for v in rows(videos):
                 info = probe(v, self.config.limits)
                 self.check_decoder(info)
-                out.append(sample_indices(info.num_frames, self.config.num_frames))
+                idx = sample_indices(info.num_frames, self.config.num_frames)
+                indices.append(idx)
+                times.append(frame_times(info, idx))
+                stats += [metrics.sample(metrics.INPUT_DURATION, info.duration_s),
+                          metrics.sample(metrics.INPUT_SHORT_SIDE, min(info.width, info.height))]
         except Exception as exc:  # this request's error, not the batch's
             return exc
-        return {self.output: np.stack(out).astype(np.int32)}
+        out = {self.output: np.stack(indices).astype(np.int32), metrics.STATS: stats}
+        if s.evidence:
+            out[s.frame_numbers] = out[self.output]
+            out[s.frame_times] = np.stack(times)
+        return out
