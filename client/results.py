@@ -175,3 +175,9 @@ class ResultWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def iter_records(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
+    """Read an output back (``vidcls report``, the demo, tests): one record per file."""
+    fmt = fmt or detect_format(str(path), None)
+    return list(load_done(path, fmt)[0].values())
