@@ -57,8 +57,8 @@ def _instances(model: Model, config: VidclsConfig, target: str) -> list[dict]:
 
 
 def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
-    if model.role == "backbone":
-        shapes = [("frames", model.inputs[0], model.inputs[0].dims)]
+    if model.role == "backbone":  # at T frames, a video without repeated pictures
+        shapes = [("frames", model.inputs[0], (config.num_frames, *model.inputs[0].dims[1:]))]
     elif model.role == "temporal":
         lengths = sorted(set(config.view_lengths.values()))
         shapes = [(f"length_{n}", model.inputs[0], (n, config.feature_dim)) for n in lengths]

@@ -92,8 +92,17 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
 
     video = Tensor(s.video, "TYPE_UINT8", (-1,), ragged=True)
     indices = Tensor(s.frame_indices, "TYPE_INT32", (T,))
-    frames = Tensor(s.frames, "TYPE_UINT8", (T, S, S, 3))
-    features = Tensor(s.features, "TYPE_FP32", (T, D))
+    # The PyAV decode hands on the K <= T distinct pictures and the map back to T rows
+    # (serving.dedup_frames); DALI hands on all T frames, and there the map is the identity, so
+    # that repository has no FRAME_MAP tensor. Videos with different K batch together in the
+    # python models (ragged); Triton's own backends batch requests of equal shape only.
+    with_map = decode == "cpu"
+    frame_rows = -1 if with_map else T
+    frames_out = Tensor(s.frames, "TYPE_UINT8", (frame_rows, S, S, 3))
+    frame_map = Tensor(s.frame_map, "TYPE_INT32", (T,))
+    frames_in = Tensor(s.frames, "TYPE_UINT8", (-1, S, S, 3), ragged=net_kind == "python")
+    features = Tensor(s.features, "TYPE_FP32", (-1, D))
+    features_in = Tensor(s.features, "TYPE_FP32", (-1, D), ragged=True)  # temporal_views is python
     lengths = config.view_lengths
     views = tuple(Tensor(config.view_tensor(v), "TYPE_FP32", (lengths[v], D)) for v in config.tta_views)
     sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D))
@@ -108,9 +117,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
         Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices,),
               params=((DECODER_PARAMETER, decode),)),
         Model(s.decode, "decode", "python" if decode == "cpu" else "dali",
-              s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices), (frames,)),
-        Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames,), (features,)),
-        Model(s.views, "views", "python", s.views_batch, (features,), views),
+              s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices),
+              (frames_out, frame_map) if with_map else (frames_out,)),
+        Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames_in,), (features,)),
+        Model(s.views, "views", "python", s.views_batch, (features_in, frame_map) if with_map else (features_in,),
+              views),
         *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs,))
           for name in config.temporal_model_names()],
         Model(s.average, "average", "python", s.average_batch, avg_inputs, (probabilities, class_name)),
@@ -121,9 +132,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
 
     steps = [
         Step(s.probe, io((s.video, s.video)), io((s.frame_indices, s.frame_indices))),
-        Step(s.decode, io((s.video, s.video), (s.frame_indices, s.frame_indices)), io((s.frames, s.frames))),
+        Step(s.decode, io((s.video, s.video), (s.frame_indices, s.frame_indices)),
+             io((s.frames, s.frames), *([(s.frame_map, s.frame_map)] if with_map else []))),
         Step(s.backbone, io((s.frames, s.frames)), io((s.features, s.features))),
-        Step(s.views, io((s.features, s.features)), tuple((v.name, v.name) for v in views)),
+        Step(s.views, io((s.features, s.features), *([(s.frame_map, s.frame_map)] if with_map else [])),
+             tuple((v.name, v.name) for v in views)),
     ]
     # Each temporal model once per view; Triton's dynamic batcher merges equal-length sequences
     # (e.g. original + reverse of every video in flight) into one execution.

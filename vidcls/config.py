@@ -119,6 +119,7 @@ class ServingConfig:
     video: str = "VIDEO"
     frame_indices: str = "FRAME_INDICES"
     frames: str = "FRAMES"
+    frame_map: str = "FRAME_MAP"
     features: str = "FEATURES"
     view_prefix: str = "VIEW_"
     sequence: str = "SEQUENCE"
@@ -134,6 +135,14 @@ class ServingConfig:
     temporal_batch: int = 16
     average_batch: int = 16
     max_queue_delay_us: int = 2000
+    # Identical frames: the PyAV decode step hands on each distinct decoded picture once (FRAMES,
+    # [K <= T, S, S, 3], compared after the resize: hash, then the bytes) and FRAME_MAP (INT32 [T],
+    # the FRAMES row of each sampled position); the backbone runs on the K distinct pictures and
+    # temporal_views gathers the features back to T rows, the same features bit for bit.
+    # Static content (slides, terminals, held animation frames) repeats pictures exactly. Off:
+    # all T frames go on (FRAME_MAP is the identity), e.g. so that a gpu backbone served by
+    # Triton's own backends batches videos of equal shape. The DALI decode always hands on T frames.
+    dedup_frames: bool = True
     # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
     # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
     cpu_instances: int = 1

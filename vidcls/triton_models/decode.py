@@ -1,14 +1,15 @@
 """video_decode (cpu decode): decode exactly the sampled frames with PyAV, resize to S x S RGB.
 
-VIDEO UINT8 [nbytes] + FRAME_INDICES INT32 [T] → FRAMES UINT8 [T, S, S, 3] through
-:func:`vidcls.video.decode_frames`, the reference decoder training uses, so the served pixels are
-the training pixels.
+VIDEO UINT8 [nbytes] + FRAME_INDICES INT32 [T] → FRAMES UINT8 [K, S, S, 3] + FRAME_MAP INT32 [T]
+through :func:`vidcls.video.decode_frames`, the reference decoder training uses, so the served
+pixels are the training pixels. With ``serving.dedup_frames`` FRAMES holds each distinct picture
+once and FRAME_MAP the FRAMES row of each sampled position (:mod:`vidcls.dedup`); without it FRAMES
+holds all T frames and FRAME_MAP is the identity.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from vidcls.dedup import distinct_frames, identity_map, stack_distinct
 from vidcls.triton_models.base import BatchedModel, rows
 from vidcls.video import decode_frames
 
@@ -17,7 +18,7 @@ class DecodeModel(BatchedModel):
     def setup(self) -> None:
         s = self.config.serving
         self.inputs = (s.video, s.frame_indices)
-        self.output = s.frames
+        self.output, self.map_output = s.frames, s.frame_map
 
     def process(self, batch):
         return [self.one(item) for item in batch]
@@ -28,10 +29,12 @@ class DecodeModel(BatchedModel):
             frames = [
                 decode_frames(video, indices, cfg.frame_size, num_frames=int(indices.max()) + 1,
                               max_missing_fraction=cfg.limits.max_missing_fraction,
-                              limits=cfg.limits)  # the decoder's picture-size bound (issue 6)
+                              limits=cfg.limits)  # the decoder's picture-size bound
                 for video, indices in zip(rows(item[s.video]), rows(item[s.frame_indices]))
             ]
         except Exception as exc:  # noqa: BLE001
             return exc
-        # One video per request is the usual case: add the batch axis as a view, not a copy.
-        return {self.output: frames[0][None] if len(frames) == 1 else np.stack(frames)}
+        kept = [distinct_frames(f) if s.dedup_frames else (f, identity_map(len(f))) for f in frames]
+        # One video per request is the usual case: the batch axis is added as a view, not a copy.
+        distinct, mapping = stack_distinct(kept)
+        return {self.output: distinct, self.map_output: mapping}
