@@ -401,7 +401,7 @@ def run_triton(name: str, config: VidclsConfig, repo: Path, work: Path, videos: 
             cpu1 = stub_cpu_s(server.pid, model_names)
             time.sleep(STATS_SETTLE_S)
             after = fetch_statistics(server.grpc_url)
-            steps = diff_statistics(before, after, row["wall_s"], ensemble=config.serving.ensemble)
+            steps = diff_statistics(before, after, row["wall_s"], ensemble={config.serving.ensemble, config.serving.pipeline})
             row.update(stage_summary(config, steps, row["videos"]))
             row["cpu_s_per_video"] = {stage: sum(cpu1[m] - cpu0[m] for m in names) / max(row["videos"], 1)
                                       for stage, names in stage_models.items()}

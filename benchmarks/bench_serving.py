@@ -81,14 +81,19 @@ def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), f
     return paths
 
 
-def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int) -> dict:
-    """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker)."""
+def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int,
+             answer_cache: bool = False) -> dict:
+    """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker).
+
+    The payloads repeat files, so by default each request asks the server not to use its answer
+    cache (every request runs the pipeline); ``answer_cache`` lets repeats be answered from it."""
     import tritonclient.grpc as grpcclient
 
     s = config.serving
     latencies, errors, probs = [], [], {}
     lock = threading.Lock()
     queue = iter(range(len(payloads)))
+    parameters = None if answer_cache else {s.cache_parameter: False}
 
     def worker():
         with grpcclient.InferenceServerClient(url) as client:
@@ -103,7 +108,7 @@ def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarra
                 t0 = time.perf_counter()
                 try:
                     res = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(s.probabilities)],
-                                       client_timeout=900)
+                                       client_timeout=900, parameters=parameters)
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     with lock:
                         errors.append(str(exc)[:300])

@@ -58,11 +58,12 @@ class ClassifyOptions:
     timeout: float | None = 300.0
     shm: bool = False
     top_k: int = 0
+    answer_cache: bool = True
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
                               model_version=self.model_version, timeout=self.timeout, shm=self.shm,
-                              top_k=self.top_k)
+                              top_k=self.top_k, answer_cache=self.answer_cache)
 
 
 @dataclass
@@ -336,6 +337,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="send the video bytes through system shared memory (client and server on one host)")
     req.add_argument("--top-k", type=int, default=0,
                      help="also report the top K classes through Triton's classification extension")
+    req.add_argument("--no-answer-cache", dest="answer_cache", action="store_false",
+                     help="classify every file anew, even one the server has answered before")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -353,7 +356,7 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         backoff=args.backoff, backoff_max=args.backoff_max, policy=args.balance, resume=args.resume,
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
-        top_k=args.top_k)
+        top_k=args.top_k, answer_cache=args.answer_cache)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ class RequestOptions:
     timeout: float | None = None
     shm: bool = False
     top_k: int = 0
+    answer_cache: bool = True  # False: ask the server to classify the file anew
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,9 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
         # class gives the full distribution (6 decimals, Triton's formatting) and the ranking.
         outputs = [grpcclient.InferRequestedOutput(s.probabilities, class_count=len(classes) if opts.top_k else 0),
                    grpcclient.InferRequestedOutput(s.class_name)]
+        parameters = None if opts.answer_cache else {s.cache_parameter: False}
         result = await client.infer(opts.model, [video], model_version=opts.model_version, outputs=outputs,
-                                    client_timeout=opts.timeout)
+                                    client_timeout=opts.timeout, parameters=parameters)
     except Exception as exc:
         if region is not None and "shared memory" in str(exc).lower():
             # A server restarted between register and infer forgets the region: try again.

@@ -129,7 +129,7 @@ def _write_model(repo: Path, spec: Model, config: VidclsConfig, target: str, com
     version = folder / VERSION
     version.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(render(spec, config, target, command))
-    if spec.role in ("ensemble", "average"):
+    if any(t.label_filename for t in spec.outputs):
         (folder / LABELS_FILE).write_text(labels_text(config))
     if spec.kind == "python":
         (version / MODEL_FILES["python"]).write_text(shim_text(spec, command))

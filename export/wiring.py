@@ -27,6 +27,7 @@ PYTHON_IMPL = {
     "temporal": "vidcls.triton_models.onnx_models:TemporalModel",
     "views": "vidcls.triton_models.views:ViewsModel",
     "average": "vidcls.triton_models.average:AverageModel",
+    "cache": "vidcls.triton_models.cache:AnswerCacheModel",
 }
 
 
@@ -68,7 +69,8 @@ LABELS_FILE = "labels.txt"
 
 def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = None,
              backend: str = "onnxruntime", temporal_backend: str | None = None) -> list[Model]:
-    """Every model of the repository, the ensemble last.
+    """Every model of the repository: the steps, the pipeline ensemble, and the answer-cache model
+    in front of it that clients call (serving.ensemble).
 
     ``target`` cpu runs everything in the python backend (ONNX Runtime on the CPU inside it);
     gpu decodes with DALI (or ``decode='cpu'``: PyAV in the python backend) and runs the backbone
@@ -147,8 +149,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     steps.append(Step(s.average, tuple((t.name, t.name) for t in avg_inputs),
                       io((s.probabilities, s.probabilities), (s.class_name, s.class_name))))
     ensemble_batch = min(m.max_batch_size for m in models)  # Triton: at most each step's
-    models.append(Model(s.ensemble, "ensemble", "ensemble", ensemble_batch,
+    models.append(Model(s.pipeline, "ensemble", "ensemble", ensemble_batch,
                         (Tensor(s.video, "TYPE_UINT8", (-1,)),), (probabilities, class_name), tuple(steps)))
+    # In front, the model clients call: answers repeated files from the answer cache and sends the
+    # others through the pipeline (one request each, so at most the pipeline's batch size).
+    models.append(Model(s.ensemble, "cache", "python", ensemble_batch, (video,), (probabilities, class_name)))
     return models
 
 

@@ -108,7 +108,10 @@ class InputLimits:
 class ServingConfig:
     """Triton model names, tensor names and batching. Nothing else spells these strings."""
 
+    # What clients call: the answer cache in front of the pipeline (vidcls.triton_models.cache).
     ensemble: str = "vidcls"
+    # The ensemble of the steps below (probe → decode → backbone → views → temporal → average).
+    pipeline: str = "vidcls_pipeline"
     probe: str = "video_probe"
     decode: str = "video_decode"
     backbone: str = "backbone"
@@ -143,6 +146,12 @@ class ServingConfig:
     # all T frames go on (FRAME_MAP is the identity), e.g. so that a gpu backbone served by
     # Triton's own backends batches videos of equal shape. The DALI decode always hands on T frames.
     dedup_frames: bool = True
+    # Repeated uploads: answers kept by the SHA-256 of the file (vidcls.answer_cache), least
+    # recently used dropped first; an entry is ~0.3 kB, so the default holds ~20 MB. 0 = off (every
+    # request goes through the pipeline). A request with the parameter cache_parameter = false
+    # neither reads nor writes the cache.
+    answer_cache_entries: int = 65536
+    cache_parameter: str = "answer_cache"
     # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
     # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
     cpu_instances: int = 1

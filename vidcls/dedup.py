@@ -36,7 +36,7 @@ def distinct_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     by_digest: dict[bytes, list[int]] = {}  # digest → indices into ``keep``
     for t in range(count):
         frame = np.ascontiguousarray(frames[t])
-        digest = hashlib.blake2b(memoryview(frame).cast("B"), digest_size=16).digest()
+        digest = hashlib.blake2b(frame, digest_size=16).digest()
         candidates = by_digest.setdefault(digest, [])
         for k in candidates:
             if np.array_equal(frames[keep[k]], frame):
