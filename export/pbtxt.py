@@ -56,6 +56,18 @@ def _instances(model: Model, config: VidclsConfig, target: str) -> list[dict]:
     return [{"count": count, "kind": _Enum("KIND_CPU")}]
 
 
+def _dynamic_batching(model: Model, config: VidclsConfig) -> dict:
+    """Every model batches; in throughput mode (serving.temporal_preferred_videos > 1) the python
+    temporal models wait up to serving.temporal_queue_delay_us for the views of that many videos."""
+    s = config.serving
+    batching: dict = {"max_queue_delay_microseconds": s.max_queue_delay_us}
+    if model.role == "temporal" and model.kind == "python" and s.temporal_preferred_videos > 1:
+        views = len(config.tta_views)
+        batching["preferred_batch_size"] = [min(s.temporal_preferred_videos * views, model.max_batch_size)]
+        batching["max_queue_delay_microseconds"] = s.temporal_queue_delay_us or s.max_queue_delay_us
+    return batching
+
+
 def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
     if model.role == "backbone":  # at T frames, a video without repeated pictures
         shapes = [("frames", model.inputs[0], (config.num_frames, *model.inputs[0].dims[1:]))]
@@ -107,7 +119,7 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
              "output_map": [{"key": k, "value": v} for k, v in st.output_map]}
             for st in model.steps]}
         return d
-    d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
+    d["dynamic_batching"] = _dynamic_batching(model, config)
     d["instance_group"] = _instances(model, config, target)
     if model.kind == "onnxruntime":
         d["optimization"] = _ort_accelerators(config, model.role)

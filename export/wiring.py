@@ -107,7 +107,9 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     features_in = Tensor(s.features, "TYPE_FP32", (-1, D), ragged=True)  # temporal_views is python
     lengths = config.view_lengths
     views = tuple(Tensor(config.view_tensor(v), "TYPE_FP32", (lengths[v], D)) for v in config.tta_views)
-    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D))
+    # The python temporal model takes a video's views of different lengths in one execution (and
+    # runs each length as one ONNX Runtime batch), so the views of several videos can batch.
+    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D), ragged=temporal_kind == "python")
     probs = Tensor(s.probs, "TYPE_FP32", (C,))
     probabilities = Tensor(s.probabilities, "TYPE_FP32", (C,), label_filename=LABELS_FILE)
     class_name = Tensor(s.class_name, "TYPE_STRING", (1,))

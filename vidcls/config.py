@@ -152,6 +152,15 @@ class ServingConfig:
     # neither reads nor writes the cache.
     answer_cache_entries: int = 65536
     cache_parameter: str = "answer_cache"
+    # Throughput mode for the temporal models (cpu target, python backend). Two videos in one
+    # temporal batch cost ~0.50 s per video and model instead of ~0.68 s alone (2-core AVX2
+    # machine), but videos leave the backbone seconds apart, so batches of two rarely form by
+    # chance. temporal_preferred_videos = N (> 1) makes each temporal model wait up to
+    # temporal_queue_delay_us for the views of N videos before it runs; size the delay from the
+    # backbone's time per video (what separates two videos at the temporal step under load).
+    # 0 = off (the default: a lone video never waits; docs/performance.md has the measurements).
+    temporal_preferred_videos: int = 0
+    temporal_queue_delay_us: int = 0
     # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
     # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
     cpu_instances: int = 1
