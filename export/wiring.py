@@ -107,9 +107,13 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
     features_in = Tensor(s.features, "TYPE_FP32", (-1, D), ragged=True)  # temporal_views is python
     lengths = config.view_lengths
     views = tuple(Tensor(config.view_tensor(v), "TYPE_FP32", (lengths[v], D)) for v in config.tta_views)
-    # The python temporal model takes a video's views of different lengths in one execution (and
-    # runs each length as one ONNX Runtime batch), so the views of several videos can batch.
-    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D), ragged=temporal_kind == "python")
+    # Throughput mode: the python temporal model takes views of different lengths (several
+    # videos') in one execution and runs each length as one ONNX Runtime batch. Not by default:
+    # ONNX Runtime's LSTM gives a sequence run alone (batch 1) and one batched with another
+    # sequence results ~1e-7 apart, so the default keeps Triton's equal-shape batches, where a
+    # video's original and reverse views pair up and its other views run alone, answer after answer.
+    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D),
+                      ragged=temporal_kind == "python" and s.temporal_preferred_videos > 1)
     probs = Tensor(s.probs, "TYPE_FP32", (C,))
     probabilities = Tensor(s.probabilities, "TYPE_FP32", (C,), label_filename=LABELS_FILE)
     class_name = Tensor(s.class_name, "TYPE_STRING", (1,))

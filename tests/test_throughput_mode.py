@@ -24,11 +24,12 @@ def test_off_by_default_and_rendered_when_on():
     model, rendered = _temporal(config)
     assert config.serving.temporal_preferred_videos == 0
     assert rendered["dynamic_batching"] == {"max_queue_delay_microseconds": config.serving.max_queue_delay_us}
-    assert model.inputs[0].ragged  # a video's views of different lengths share one execution
+    assert not model.inputs[0].ragged  # Triton's equal-shape batches: the same answer whatever the traffic
 
     on = config.replace(serving=dataclasses.replace(config.serving, temporal_preferred_videos=2,
                                                     temporal_queue_delay_us=3_000_000))
-    _, rendered = _temporal(on)
+    on_model, rendered = _temporal(on)
+    assert on_model.inputs[0].ragged  # views of all lengths, of several videos, in one execution
     assert rendered["dynamic_batching"] == {"max_queue_delay_microseconds": 3_000_000,
                                             "preferred_batch_size": [2 * len(config.tta_views)]}
     # Triton's own backends batch equal shapes only: the gpu temporal models keep plain batching.
