@@ -79,17 +79,18 @@ class AnswerCacheModel(BatchedModel):
                 self.send(sender, exc)
                 continue
             if key is None:
-                self.pool.submit(self.classify, video, [sender], None)
+                self.pool.submit(self.classify, video, sender, None)
                 continue
             answer, owner = self.cache.lookup(key, lambda result, sender=sender: self.send(sender, result))
             if answer is not None:
                 self.send(sender, answer)
             elif owner:
-                self.pool.submit(self.classify, video, [sender], key)
+                self.pool.submit(self.classify, video, sender, key)
         return None
 
-    def classify(self, video, senders, key) -> None:
-        """One pipeline inference (in a pool thread); the answer goes to ``senders`` and the cache."""
+    def classify(self, video, sender, key) -> None:
+        """One pipeline inference (in a pool thread); the answer goes to ``sender``, and to the cache
+        (which hands it to the requests for the same file that arrived meanwhile) unless ``key`` is None."""
         s = self.config.serving
         try:
             request = self.pb.InferenceRequest(model_name=s.pipeline, inputs=[video],
@@ -105,8 +106,7 @@ class AnswerCacheModel(BatchedModel):
             result = exc
         if key is not None:
             self.cache.finish(key, result)
-        for sender in senders:
-            self.send(sender, result)
+        self.send(sender, result)
 
     def send(self, sender, result) -> None:
         sender.send(self.respond(result), flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
