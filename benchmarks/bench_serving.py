@@ -82,9 +82,12 @@ def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), f
 
 
 def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarray]], concurrency: int,
-             outputs: list[str] | None = None) -> dict:
+             outputs: list[str] | None = None, answer_cache: bool = False) -> dict:
     """Every payload once, ``concurrency`` requests in flight (one gRPC client per worker), asking
-    for ``outputs`` (default PROBABILITIES)."""
+    for ``outputs`` (default PROBABILITIES).
+
+    The payloads repeat files, so by default each request asks the server not to use its answer
+    cache (every request runs the pipeline); ``answer_cache`` lets repeats be answered from it."""
     import tritonclient.grpc as grpcclient
 
     s = config.serving
@@ -92,6 +95,7 @@ def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarra
     latencies, errors, probs = [], [], {}
     lock = threading.Lock()
     queue = iter(range(len(payloads)))
+    parameters = None if answer_cache else {s.cache_parameter: False}
 
     def worker():
         with grpcclient.InferenceServerClient(url) as client:
@@ -106,7 +110,7 @@ def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarra
                 t0 = time.perf_counter()
                 try:
                     res = client.infer(s.ensemble, [inp], outputs=[grpcclient.InferRequestedOutput(n) for n in wanted],
-                                       client_timeout=900)
+                                       client_timeout=900, parameters=parameters)
                 except Exception as exc:  # counted and reported
                     with lock:
                         errors.append(str(exc)[:300])

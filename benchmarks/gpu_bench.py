@@ -216,12 +216,13 @@ def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: 
     data = work / "input_data.json"
     write_input_data(videos, data, config.serving.video)
     opts = PerfOptions(model=config.serving.ensemble, url=url, concurrency_range=concurrency,
-                       measurement_mode="time_windows", measurement_interval_ms=10000)
+                       measurement_mode="time_windows", measurement_interval_ms=10000,
+                       parameters=[(config.serving.cache_parameter, "false", "bool")])  # measure the pipeline
     csv_path = work / f"perf_{name}.csv"
     before, t0 = fetch_statistics(url), time.perf_counter()
     run_perf_analyzer(build_command(binary, opts, data, csv_path), perf_environment(binary),
                       work / f"perf_{name}.log", timeout=3600)
-    steps = diff_statistics(before, fetch_statistics(url), time.perf_counter() - t0, ensemble=config.serving.ensemble)
+    steps = diff_statistics(before, fetch_statistics(url), time.perf_counter() - t0, ensemble={config.serving.ensemble, config.serving.pipeline})
     rows = read_perf_csv(csv_path)
     best = max(rows, key=lambda r: r.get("Inferences/Second", 0.0))
     return {"rows": rows, "best_concurrency": best.get("Concurrency"), "best_videos_per_s": best["Inferences/Second"],

@@ -134,8 +134,12 @@ def run_level(binary: Path, env: dict, url: str, model: str, input_json: Path, l
     """
     from vidcls.client.perf import PerfError, PerfOptions, build_command, read_perf_csv, run_perf_analyzer
 
+    from vidcls.config import VidclsConfig
+
+    # The same few files again and again: with the answer cache the pipeline would run once each.
+    no_cache = [(VidclsConfig().serving.cache_parameter, "false", "bool")]
     opts = PerfOptions(model=model, url=url, concurrency_range=str(level.concurrency), measurement_interval_ms=window_ms,
-                       stability_percentage=1000.0, max_trials=3, extra=["--async"])
+                       stability_percentage=1000.0, max_trials=3, parameters=no_cache, extra=["--async"])
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         csv_path = work / f"{tag}c{level.concurrency}_run{level.runs}.csv"

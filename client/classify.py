@@ -83,11 +83,12 @@ class ClassifyOptions:
     wait_for_server: float | None = 0.0
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     evidence: int = 0  # > 0: record the evidence (this many top moments per video)
+    answer_cache: bool = True
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
                               model_version=self.model_version, timeout=self.timeout, shm=self.shm,
-                              top_k=self.top_k, evidence=self.evidence)
+                              top_k=self.top_k, evidence=self.evidence, answer_cache=self.answer_cache)
 
 
 @dataclass
@@ -522,6 +523,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--evidence", nargs="?", type=int, const=DEFAULT_MOMENTS, default=0, metavar="K",
                      help="also record what each answer rests on: the K sampled frames with the most attention "
                           f"(time stamps; default {DEFAULT_MOMENTS}) and the per-model, per-view probabilities")
+    req.add_argument("--no-answer-cache", dest="answer_cache", action="store_false",
+                     help="classify every file anew, even one the server has answered before")
     tls = parser.add_argument_group("gRPC TLS")
     tls.add_argument("--ssl", action="store_true", help="connect with TLS")
     tls.add_argument("--root-cert", help="PEM CA certificate(s) to verify the server with")
@@ -544,7 +547,8 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         retry_failed=args.retry_failed, overwrite=args.overwrite, progress=not args.no_progress, tls=tls,
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
         top_k=args.top_k, wait_for_server=args.wait_for_server,
-        max_inflight_bytes=int(args.max_inflight_mb * 2**20), evidence=args.evidence)
+        max_inflight_bytes=int(args.max_inflight_mb * 2**20), evidence=args.evidence,
+        answer_cache=args.answer_cache)
 
 
 def run(args: argparse.Namespace) -> int:

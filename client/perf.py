@@ -121,6 +121,9 @@ class PerfOptions:
     root_cert: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    # Request parameters (name, value, type), e.g. ("answer_cache", "false", "bool"): perf_analyzer
+    # sends the same few files again and again, which the answer cache would answer after the first.
+    parameters: list[tuple[str, str, str]] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
 
 
@@ -136,6 +139,8 @@ def build_command(binary: Path, opts: PerfOptions, input_json: str | os.PathLike
         cmd += ["-p", str(opts.measurement_interval_ms)]
     if opts.model_version:
         cmd += ["-x", opts.model_version]
+    for name, value, kind in opts.parameters:
+        cmd += ["--request-parameter", f"{name}:{value}:{kind}"]
     if opts.ssl or opts.root_cert:
         cmd += ["--ssl-grpc-use-ssl", "true"]
         for flag, value in (("--ssl-grpc-root-certifications-file", opts.root_cert),

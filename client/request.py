@@ -48,6 +48,7 @@ class RequestOptions:
     shm: bool = False
     top_k: int = 0
     evidence: int = 0  # > 0: also ask for the evidence outputs, keep this many top moments
+    answer_cache: bool = True  # False: ask the server to classify the file anew
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,9 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
                    grpcclient.InferRequestedOutput(s.class_name)]
         if opts.evidence:
             outputs += [grpcclient.InferRequestedOutput(n) for n in evidence.output_names(opts.config)]
+        parameters = None if opts.answer_cache else {s.cache_parameter: False}
         result = await client.infer(opts.model, [video], model_version=opts.model_version, outputs=outputs,
-                                    client_timeout=opts.timeout)
+                                    client_timeout=opts.timeout, parameters=parameters)
     except Exception as exc:
         if region is not None and "shared memory" in str(exc).lower():
             # A server restarted between register and infer forgets the region: try again.

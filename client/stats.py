@@ -10,7 +10,7 @@ step computed, and how busy the step was: the busiest step is the bottleneck.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -74,8 +74,12 @@ class StepStats:
 
 
 def diff_statistics(before: dict[str, Any], after: dict[str, Any], window_s: float,
-                    ensemble: str | None = None) -> list[StepStats]:
-    """The steps that served requests between the two snapshots, busiest first after the ensemble."""
+                    ensemble: str | Iterable[str] | None = None) -> list[StepStats]:
+    """The steps that served requests between the two snapshots, busiest first after the ensemble.
+
+    ``ensemble``: the model(s) that answer end to end rather than compute a step (the model clients
+    call and the pipeline ensemble behind it); they are listed first and never the bottleneck."""
+    ends = {ensemble} if isinstance(ensemble, str) else set(ensemble or ())
     b, a = _flatten(before), _flatten(after)
     steps = []
     for key, now in a.items():
@@ -91,7 +95,7 @@ def diff_statistics(before: dict[str, Any], after: dict[str, Any], window_s: flo
             queue_ms=d["queue_ns"] / count / 1e6, compute_ms=compute / count / 1e6,
             infer_ms=d["compute_infer_ns"] / count / 1e6, busy_s=d["busy_ns"] / 1e9,
             busy_share=(d["busy_ns"] / 1e9) / window_s if window_s > 0 else 0.0,
-            is_ensemble=key[0] == ensemble))
+            is_ensemble=key[0] in ends))
     steps.sort(key=lambda s: (not s.is_ensemble, -s.busy_s))
     return steps
 

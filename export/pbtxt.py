@@ -58,9 +58,21 @@ def _instances(model: Model, config: VidclsConfig, target: str) -> list[dict]:
     return [{"count": count, "kind": _Enum("KIND_CPU")}]
 
 
+def _dynamic_batching(model: Model, config: VidclsConfig) -> dict:
+    """Every model batches; in throughput mode (serving.temporal_preferred_videos > 1) the python
+    temporal models wait up to serving.temporal_queue_delay_us for the views of that many videos."""
+    s = config.serving
+    batching: dict = {"max_queue_delay_microseconds": s.max_queue_delay_us}
+    if model.role == "temporal" and model.kind == "python" and s.temporal_preferred_videos > 1:
+        views = len(config.tta_views)
+        batching["preferred_batch_size"] = [min(s.temporal_preferred_videos * views, model.max_batch_size)]
+        batching["max_queue_delay_microseconds"] = s.temporal_queue_delay_us or s.max_queue_delay_us
+    return batching
+
+
 def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
-    if model.role == "backbone":
-        shapes = [("frames", model.inputs[0], model.inputs[0].dims)]
+    if model.role == "backbone":  # at T frames, a video without repeated pictures
+        shapes = [("frames", model.inputs[0], (config.num_frames, *model.inputs[0].dims[1:]))]
     elif model.role == "temporal":
         lengths = sorted(set(config.view_lengths.values()))
         shapes = [(f"length_{n}", model.inputs[0], (n, config.feature_dim)) for n in lengths]
@@ -108,13 +120,8 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
              "input_map": [{"key": k, "value": v} for k, v in st.input_map],
              "output_map": [{"key": k, "value": v} for k, v in st.output_map]}
             for st in model.steps]}
-        # The class names (a client learns the class set from the server) and what the probe
-        # enforces (vidcls classify refuses an oversize file unread).
-        limits = json.dumps(dataclasses.asdict(config.limits), sort_keys=True, separators=(",", ":"))
-        d["parameters"] = [{"key": s.classes_parameter, "value": {"string_value": json.dumps(list(config.classes))}},
-                           {"key": s.limits_parameter, "value": {"string_value": limits}}]
         return d
-    d["dynamic_batching"] = {"max_queue_delay_microseconds": s.max_queue_delay_us}
+    d["dynamic_batching"] = _dynamic_batching(model, config)
     d["instance_group"] = _instances(model, config, target)
     if model.kind == "onnxruntime":
         d["optimization"] = _ort_accelerators(config, model.role)
@@ -124,7 +131,18 @@ def model_config(model: Model, config: VidclsConfig, target: str) -> dict:
     if model.kind == "python":
         d["parameters"] = [{"key": CONFIG_PARAMETER, "value": {"string_value": f"../{REPOSITORY_CONFIG_FILE}"}}] + [
             {"key": k, "value": {"string_value": v}} for k, v in model.params]
+    if model.name == s.ensemble:  # the model clients call publishes what they need to know
+        d["parameters"] = d.get("parameters", []) + _published(config)
     return d
+
+
+def _published(config: VidclsConfig) -> list[dict]:
+    """The class names (a client learns the class set from the server) and what the probe enforces
+    (vidcls classify refuses an oversize file unread), as config parameters."""
+    s = config.serving
+    limits = json.dumps(dataclasses.asdict(config.limits), sort_keys=True, separators=(",", ":"))
+    return [{"key": s.classes_parameter, "value": {"string_value": json.dumps(list(config.classes))}},
+            {"key": s.limits_parameter, "value": {"string_value": limits}}]
 
 
 def render(model: Model, config: VidclsConfig, target: str, command: str) -> str:

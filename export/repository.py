@@ -132,7 +132,7 @@ def _write_model(repo: Path, spec: Model, config: VidclsConfig, target: str, com
     version = folder / VERSION
     version.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(render(spec, config, target, command))
-    if spec.role in ("ensemble", "average"):
+    if any(t.label_filename for t in spec.outputs):
         (folder / LABELS_FILE).write_text(labels_text(config))
     if spec.kind == "python":
         (version / MODEL_FILES["python"]).write_text(shim_text(spec, command))
@@ -227,12 +227,13 @@ def _quantize(fp32: Path, out: Path, config: VidclsConfig, calibration, models) 
 
 
 def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Path:
-    """Wrap the frames graph ([N, S, S, 3] → [N, D]) as [B, T, S, S, 3] → [B, T, D].
+    """Wrap the frames graph ([N, S, S, 3] → [N, D]) as [B, K, S, S, 3] → [B, K, D].
 
     Triton's onnxruntime/tensorrt backends give a model the request batch axis in front of the
-    configured dims; the backbone runs on all B*T frames at once and the result is split back.
-    The uint8 input is cast to float before the reshape (TensorRT takes UINT8 only in a Cast); the
-    frames graph's own first Cast then sees float and is an identity.
+    configured dims; the backbone runs on all B*K frames at once and the result is split back. K
+    is the video's distinct pictures (at most T, see ``serving.dedup_frames``), so the output shape
+    is taken from the input's. The uint8 input is cast to float before the reshape (TensorRT takes
+    UINT8 only in a Cast); the frames graph's own first Cast then sees float and is an identity.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -245,19 +246,22 @@ def add_video_axis(src: str | Path, dst: str | Path, config: VidclsConfig) -> Pa
     for node in graph.node:
         node.input[:] = [inner_in if x == inp.name else x for x in node.input]
         node.output[:] = [inner_out if x == out.name else x for x in node.output]
-    S, T, D = config.frame_size, config.num_frames, config.feature_dim
+    S, D = config.frame_size, config.feature_dim
     graph.initializer.extend([
         numpy_helper.from_array(np.array([-1, S, S, 3], dtype=np.int64), "video_axis__in_shape"),
-        numpy_helper.from_array(np.array([-1, T, D], dtype=np.int64), "video_axis__out_shape"),
+        numpy_helper.from_array(np.array([D], dtype=np.int64), "video_axis__feature_dim"),
     ])
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend([helper.make_node("Cast", [inp.name], [as_float], to=TensorProto.FLOAT),
                        helper.make_node("Reshape", [as_float, "video_axis__in_shape"], [inner_in])]
                       + nodes
-                      + [helper.make_node("Reshape", [inner_out, "video_axis__out_shape"], [out.name])])
-    graph.input[0].CopyFrom(helper.make_tensor_value_info(inp.name, TensorProto.UINT8, ["batch", T, S, S, 3]))
-    graph.output[0].CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["batch", T, D]))
+                      + [helper.make_node("Shape", [as_float], ["video_axis__batch_frames"], start=0, end=2),
+                         helper.make_node("Concat", ["video_axis__batch_frames", "video_axis__feature_dim"],
+                                          ["video_axis__out_shape"], axis=0),
+                         helper.make_node("Reshape", [inner_out, "video_axis__out_shape"], [out.name])])
+    graph.input[0].CopyFrom(helper.make_tensor_value_info(inp.name, TensorProto.UINT8, ["batch", "frames", S, S, 3]))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["batch", "frames", D]))
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return Path(dst)

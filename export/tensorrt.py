@@ -9,8 +9,9 @@ tensorrt_plan backend uses profile 0 unless the config names others):
 
 - backbone, frames graph ``[N, S, S, 3]``: N from 1 to ``serving.backbone_batch * num_frames``
   (the most frames one execution of the backbone model can receive);
-- backbone, video graph ``[B, T, S, S, 3]`` (what Triton's own backends get, see
-  ``vidcls.export.repository.add_video_axis``): B from 1 to ``serving.backbone_batch``;
+- backbone, video graph ``[B, K, S, S, 3]`` (what Triton's own backends get, see
+  ``vidcls.export.repository.add_video_axis``): B from 1 to ``serving.backbone_batch``, K (the
+  video's distinct pictures, ``serving.dedup_frames``) from 1 to T;
 - temporal ``[B, L, D]``: B from 1 to ``serving.temporal_batch``, L from the shortest to the
   longest TTA view (36..109 for the defaults), so every view length runs on the same engine.
 
@@ -76,7 +77,7 @@ def profiles(config: VidclsConfig, role: str, rank: int | None = None) -> list[P
         if rank not in (None, 5):
             raise ValueError(f"backbone input rank must be 4 or 5, got {rank}")
         t = config.num_frames
-        return [Profile(s.frames, (1, t, size, size, 3), (s.backbone_batch, t, size, size, 3),
+        return [Profile(s.frames, (1, 1, size, size, 3), (s.backbone_batch, t, size, size, 3),
                         (s.backbone_batch, t, size, size, 3))]
     if role == "temporal":
         lengths = sorted(set(config.view_lengths.values()))

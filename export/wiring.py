@@ -25,6 +25,7 @@ PYTHON_IMPL = {
     "temporal": "vidcls.triton_models.onnx_models:TemporalModel",
     "views": "vidcls.triton_models.views:ViewsModel",
     "average": "vidcls.triton_models.average:AverageModel",
+    "cache": "vidcls.triton_models.cache:AnswerCacheModel",
 }
 
 
@@ -66,7 +67,8 @@ LABELS_FILE = "labels.txt"
 
 def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = None,
              backend: str = "onnxruntime", temporal_backend: str | None = None) -> list[Model]:
-    """Every model of the repository, the ensemble last.
+    """Every model of the repository: the steps, the pipeline ensemble, and the answer-cache model
+    in front of it that clients call (serving.ensemble).
 
     ``target`` cpu runs everything in the python backend (ONNX Runtime on the CPU inside it);
     gpu decodes with DALI (or ``decode='cpu'``: PyAV in the python backend) and runs the backbone
@@ -90,11 +92,26 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
 
     video = Tensor(s.video, "TYPE_UINT8", (-1,), ragged=True)
     indices = Tensor(s.frame_indices, "TYPE_INT32", (T,))
-    frames = Tensor(s.frames, "TYPE_UINT8", (T, S, S, 3))
-    features = Tensor(s.features, "TYPE_FP32", (T, D))
+    # The PyAV decode hands on the K <= T distinct pictures and the map back to T rows
+    # (serving.dedup_frames); DALI hands on all T frames, and there the map is the identity, so
+    # that repository has no FRAME_MAP tensor. Videos with different K batch together in the
+    # python models (ragged); Triton's own backends batch requests of equal shape only.
+    with_map = decode == "cpu"
+    frame_rows = -1 if with_map else T
+    frames_out = Tensor(s.frames, "TYPE_UINT8", (frame_rows, S, S, 3))
+    frame_map = Tensor(s.frame_map, "TYPE_INT32", (T,))
+    frames_in = Tensor(s.frames, "TYPE_UINT8", (-1, S, S, 3), ragged=net_kind == "python")
+    features = Tensor(s.features, "TYPE_FP32", (-1, D))
+    features_in = Tensor(s.features, "TYPE_FP32", (-1, D), ragged=True)  # temporal_views is python
     lengths = config.view_lengths
     views = tuple(Tensor(config.view_tensor(v), "TYPE_FP32", (lengths[v], D)) for v in config.tta_views)
-    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D))
+    # Throughput mode: the python temporal model takes views of different lengths (several
+    # videos') in one execution and runs each length as one ONNX Runtime batch. Not by default:
+    # ONNX Runtime's LSTM gives a sequence run alone (batch 1) and one batched with another
+    # sequence results ~1e-7 apart, so the default keeps Triton's equal-shape batches, where a
+    # video's original and reverse views pair up and its other views run alone, answer after answer.
+    sequence = Tensor(s.sequence, "TYPE_FP32", (-1, D),
+                      ragged=temporal_kind == "python" and s.temporal_preferred_videos > 1)
     probs = Tensor(s.probs, "TYPE_FP32", (C,))
     probabilities = Tensor(s.probabilities, "TYPE_FP32", (C,), label_filename=LABELS_FILE)
     class_name = Tensor(s.class_name, "TYPE_STRING", (1,))
@@ -113,9 +130,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
         Model(s.probe, "probe", "python", s.probe_batch, (video,), (indices, *times),
               params=((DECODER_PARAMETER, decode),)),
         Model(s.decode, "decode", "python" if decode == "cpu" else "dali",
-              s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices), (frames,)),
-        Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames,), (features,)),
-        Model(s.views, "views", "python", s.views_batch, (features,), views),
+              s.decode_batch if decode == "cpu" else s.dali_decode_batch, (video, indices),
+              (frames_out, frame_map) if with_map else (frames_out,)),
+        Model(s.backbone, "backbone", net_kind, s.backbone_batch, (frames_in,), (features,)),
+        Model(s.views, "views", "python", s.views_batch, (features_in, frame_map) if with_map else (features_in,),
+              views),
         *[Model(name, "temporal", temporal_kind, s.temporal_batch, (sequence,), (probs, *attention))
           for name in config.temporal_model_names()],
         Model(s.average, "average", "python", s.average_batch, avg_inputs + avg_attention,
@@ -127,9 +146,11 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
 
     steps = [
         Step(s.probe, io((s.video, s.video)), io((s.frame_indices, s.frame_indices), *((t.name, t.name) for t in times))),
-        Step(s.decode, io((s.video, s.video), (s.frame_indices, s.frame_indices)), io((s.frames, s.frames))),
+        Step(s.decode, io((s.video, s.video), (s.frame_indices, s.frame_indices)),
+             io((s.frames, s.frames), *([(s.frame_map, s.frame_map)] if with_map else []))),
         Step(s.backbone, io((s.frames, s.frames)), io((s.features, s.features))),
-        Step(s.views, io((s.features, s.features)), tuple((v.name, v.name) for v in views)),
+        Step(s.views, io((s.features, s.features), *([(s.frame_map, s.frame_map)] if with_map else [])),
+             tuple((v.name, v.name) for v in views)),
     ]
     # Each temporal model once per view; Triton's dynamic batcher merges equal-length sequences
     # (e.g. original + reverse of every video in flight) into one execution.
@@ -142,10 +163,13 @@ def pipeline(config: VidclsConfig, target: str = "gpu", decode: str | None = Non
                       io((s.probabilities, s.probabilities), (s.class_name, s.class_name),
                          *((t.name, t.name) for t in evidence))))
     ensemble_batch = min(m.max_batch_size for m in models)  # Triton: at most each step's
-    models.append(Model(s.ensemble, "ensemble", "ensemble", ensemble_batch,
-                        (Tensor(s.video, "TYPE_UINT8", (-1,)),),
-                        (probabilities, class_name, *times, *evidence),
-                        tuple(steps)))
+    answer = (probabilities, class_name, *times, *evidence)
+    models.append(Model(s.pipeline, "ensemble", "ensemble", ensemble_batch,
+                        (Tensor(s.video, "TYPE_UINT8", (-1,)),), answer, tuple(steps)))
+    # In front, the model clients call: answers repeated files from the answer cache and sends the
+    # others through the pipeline (one request each, so at most the pipeline's batch size). It has
+    # the pipeline's outputs, evidence included; a request gets the ones it names.
+    models.append(Model(s.ensemble, "cache", "python", ensemble_batch, (video,), answer))
     return models
 
 

@@ -81,6 +81,7 @@ def test_a_class_set_of_ones_own_is_served_and_classified(tmp_path, tmp_path_fac
     for row in rows:
         assert row["class"] in ("Cat", "Dog", "Bird") and not row["error"]
         assert sum(float(row[c]) for c in ("Cat", "Dog", "Bird")) == pytest.approx(1.0, abs=1e-5)
-    declared = json.loads((repo / "vidcls" / "config.pbtxt").read_text().split('string_value: "')[1]
-                          .split('"\n')[0].replace('\\"', '"'))
+    text = (repo / "vidcls" / "config.pbtxt").read_text()
+    text = text[text.index(f'key: "{config.serving.classes_parameter}"'):]
+    declared = json.loads(text.split('string_value: "')[1].split('"\n')[0].replace('\\"', '"'))
     assert declared == ["Cat", "Dog", "Bird"]

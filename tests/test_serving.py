@@ -36,13 +36,15 @@ def concurrent_videos(video_factory):
     ]
 
 
-def _send_concurrently(url, config, payloads, class_count=0):
-    """All payloads in flight at once (async gRPC); returns one (result | exception) per payload."""
+def _send_concurrently(url, config, payloads, class_count=0, answer_cache=True):
+    """All payloads in flight at once (async gRPC); returns one (result | exception) per payload.
+    ``answer_cache=False`` asks the server to run the pipeline even for files it answered before."""
     import tritonclient.grpc as grpcclient
 
     from tests.fixtures.serving import video_bytes
 
     s = config.serving
+    parameters = None if answer_cache else {s.cache_parameter: False}
     done: queue.Queue = queue.Queue()
     with grpcclient.InferenceServerClient(url) as client:
         for i, payload in enumerate(payloads):
@@ -52,7 +54,7 @@ def _send_concurrently(url, config, payloads, class_count=0):
             outputs = [grpcclient.InferRequestedOutput(s.probabilities, class_count=class_count),
                        grpcclient.InferRequestedOutput(s.class_name)]
             client.async_infer(s.ensemble, [inp], callback=lambda result, error, i=i: done.put((i, result, error)),
-                               outputs=outputs, client_timeout=120)
+                               outputs=outputs, client_timeout=120, parameters=parameters)
         results = {}
         for _ in payloads:
             i, result, error = done.get(timeout=120)
@@ -105,7 +107,8 @@ def test_requests_are_batched_server_side(triton_server, serving_config, concurr
     """After concurrent traffic some model ran fewer executions than it served requests."""
     import tritonclient.grpc as grpcclient
 
-    _send_concurrently(triton_server.grpc_url, serving_config, concurrent_videos * 2)
+    # Files answered before: the pipeline must see them anyway to batch them.
+    _send_concurrently(triton_server.grpc_url, serving_config, concurrent_videos * 2, answer_cache=False)
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
         stats = client.get_inference_statistics(as_json=True)["model_stats"]
     batched = {m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))

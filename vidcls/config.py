@@ -182,7 +182,10 @@ class InputLimits:
 class ServingConfig:
     """Triton model names, tensor names and batching. Nothing else spells these strings."""
 
+    # What clients call: the answer cache in front of the pipeline (vidcls.triton_models.cache).
     ensemble: str = "vidcls"
+    # The ensemble of the steps below (probe → decode → backbone → views → temporal → average).
+    pipeline: str = "vidcls_pipeline"
     probe: str = "video_probe"
     decode: str = "video_decode"
     backbone: str = "backbone"
@@ -193,6 +196,7 @@ class ServingConfig:
     video: str = "VIDEO"
     frame_indices: str = "FRAME_INDICES"
     frames: str = "FRAMES"
+    frame_map: str = "FRAME_MAP"
     features: str = "FEATURES"
     view_prefix: str = "VIEW_"
     sequence: str = "SEQUENCE"
@@ -227,6 +231,29 @@ class ServingConfig:
     temporal_batch: int = 16
     average_batch: int = 16
     max_queue_delay_us: int = 2000
+    # Identical frames: the PyAV decode step hands on each distinct decoded picture once (FRAMES,
+    # [K <= T, S, S, 3], compared after the resize: hash, then the bytes) and FRAME_MAP (INT32 [T],
+    # the FRAMES row of each sampled position); the backbone runs on the K distinct pictures and
+    # temporal_views gathers the features back to T rows, the same features bit for bit.
+    # Static content (slides, terminals, held animation frames) repeats pictures exactly. Off:
+    # all T frames go on (FRAME_MAP is the identity), e.g. so that a gpu backbone served by
+    # Triton's own backends batches videos of equal shape. The DALI decode always hands on T frames.
+    dedup_frames: bool = True
+    # Repeated uploads: answers kept by the SHA-256 of the file (vidcls.answer_cache), least
+    # recently used dropped first; an entry is ~0.3 kB, so the default holds ~20 MB. 0 = off (every
+    # request goes through the pipeline). A request with the parameter cache_parameter = false
+    # neither reads nor writes the cache.
+    answer_cache_entries: int = 65536
+    cache_parameter: str = "answer_cache"
+    # Throughput mode for the temporal models (cpu target, python backend). Two videos in one
+    # temporal batch cost ~0.50 s per video and model instead of ~0.68 s alone (2-core AVX2
+    # machine), but videos leave the backbone seconds apart, so batches of two rarely form by
+    # chance. temporal_preferred_videos = N (> 1) makes each temporal model wait up to
+    # temporal_queue_delay_us for the views of N videos before it runs; size the delay from the
+    # backbone's time per video (what separates two videos at the temporal step under load).
+    # 0 = off (the default: a lone video never waits; docs/performance.md has the measurements).
+    temporal_preferred_videos: int = 0
+    temporal_queue_delay_us: int = 0
     # Model instances. cpu target: every model KIND_CPU. gpu target: networks and DALI on the GPU,
     # python steps on the CPU with a few instances (PyAV decode, the CPU-heavy one, more).
     cpu_instances: int = 1

@@ -59,7 +59,8 @@ class _OnnxModel(BatchedModel):
 
 
 class BackboneModel(_OnnxModel):
-    """FRAMES UINT8 [T, S, S, 3] → FEATURES FP32 [T, D]: every request's frames in one chunked run."""
+    """FRAMES UINT8 [K, S, S, 3] → FEATURES FP32 [K, D]: every request's frames in one chunked run
+    (K: the distinct pictures of the video, at most T; requests with different K batch together)."""
 
     role = "backbone"
 
