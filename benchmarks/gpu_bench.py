@@ -12,12 +12,13 @@ so build the plans with the TensorRT of the Triton image: the same NGC release, 
 
 Steps, each printed and written to ``--work``/report.json:
 1. production-size checkpoints (random init) and H.264 + VP9 test clips (as bench_pipeline);
-2. the gpu repository: FP16 TensorRT plan for the backbone (checked against ONNX Runtime FP32
-   by ``vidcls.export.tensorrt.build_engine``), the temporal models on ``--temporal-backend``;
+2. the gpu repository: TensorRT plan for the backbone (FP16 where the TensorRT has the builder
+   flag, FP32 on TensorRT 11; checked against ONNX Runtime FP32 by
+   ``vidcls.export.tensorrt.build_engine``), the temporal models on ``--temporal-backend``;
 3. the backbone engine alone: frames/s with trtexec when on PATH, and directly through
    ``EngineRunner`` (including the host→device copy of the uint8 frames, as served);
    limit = frames/s / 64 frames per video;
-4. the BiLSTM temporal model both ways, TensorRT FP16 plan vs ONNX Runtime CUDA EP: ms per
+4. the BiLSTM temporal model both ways, TensorRT plan vs ONNX Runtime CUDA EP: ms per
    batch at each view length, and each one's largest probability difference from ONNX Runtime
    CPU FP32 (TensorRT has known slow and wrong BiLSTM cases: use the one that is correct and fast);
 5. Triton with the repository, a perf_analyzer concurrency sweep per settings variant
@@ -288,7 +289,8 @@ def main(argv=None) -> int:
     repo = work / "repo_gpu"
     temporal_backend = args.temporal_backend or base.serving.gpu_temporal_backend
     if not args.skip_export:
-        log("2. gpu repository: FP16 backbone plan (parity-checked), temporal on " + temporal_backend)
+        log("2. gpu repository: backbone plan (FP16 where the TensorRT has the flag, else FP32; parity-checked), "
+            "temporal on " + temporal_backend)
         t0 = time.perf_counter()
         build_repository(checkpoints, repo, target="gpu", decode=args.decode, backend="tensorrt",
                          temporal_backend=temporal_backend, config=base)
@@ -297,7 +299,7 @@ def main(argv=None) -> int:
     bb = backbone_engine_fps(repo / base.serving.backbone / "1" / "model.plan", base)
     report["backbone_engine"] = bb
     log(f"   {bb['frames_per_s']:.0f} frames/s -> limit {bb['limit_videos_per_s']:.1f} videos/s")
-    log("4. BiLSTM temporal model: TensorRT FP16 plan vs ONNX Runtime CUDA")
+    log("4. BiLSTM temporal model: TensorRT plan vs ONNX Runtime CUDA")
     onnx_dir = work / "temporal_onnx"
     from vidcls.checkpoint import load_ensemble
     from vidcls.export.onnx_export import export_temporal_onnx

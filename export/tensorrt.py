@@ -158,10 +158,13 @@ def _import_tensorrt():
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, config: VidclsConfig,
-                 role: str, fp16: bool = True, check: bool = True, int8: bool = False) -> Path:
+                 role: str, fp16: bool | None = None, check: bool = True, int8: bool = False) -> Path:
     """Build a serialized TensorRT engine (``model.plan``) from an exported ONNX graph.
 
-    FP16 with FP32 fallback where TensorRT decides (and LayerNorm kept in FP32), workspace
+    ``fp16`` None (default): FP16 where this TensorRT has the FP16 builder flag (10.x), else the
+    graph's own precision, FP32 (TensorRT 11 builds strongly typed networks); True insists on FP16
+    and is refused by TensorRT 11. FP16 falls back to FP32 where TensorRT decides (and LayerNorm
+    stays in FP32), workspace
     ``config.serving.trt_workspace_bytes``, the profile of :func:`profiles`. With ``check``, the
     engine is compared with ONNX Runtime (CPU, FP32) on the same inputs and a
     :class:`~vidcls.export.parity.ParityError` is raised beyond ``TRT_*`` tolerances.
@@ -180,6 +183,8 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
             f"TensorRT {trt.__version__} is installed, the serving image ({serving_image.TRITON_IMAGE}) runs "
             f"{serving_image.TENSORRT_VERSION}: a plan only loads in the TensorRT that built it. Build the plans "
             "inside docker/Dockerfile.train (same release), or export with --backend onnxruntime")
+    if fp16 is None:
+        fp16 = hasattr(trt.BuilderFlag, "FP16")
     if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
         # TensorRT 11 builds strongly typed networks: precision comes from the ONNX graph (an FP16
         # graph with FP32 I/O), there is no FP16 builder flag on an FP32 graph any more.
