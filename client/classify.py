@@ -39,7 +39,8 @@ from vidcls.client.evidence import FIELDS as EVIDENCE_FIELDS
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
                                    make_client, model_missing, served_classes, served_limits, server_problem)
-from vidcls.client.results import ResultWriter, detect_format, drop_records, fieldnames, load_done
+from vidcls.client.results import (ResultWriter, detect_format, drop_records, fieldnames, load_done,
+                                   written_classes)
 from vidcls.config import InputLimits, VidclsConfig
 from vidcls.errors import UsageError, VidclsError
 from vidcls.inputs import discover, path_key
@@ -335,6 +336,11 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
     if classes and classes != opts.config.classes:  # a repository with its own class set
         opts = replace(opts, config=opts.config.with_classes(classes))
         req = opts.request_options()
+    before = written_classes(done, header)
+    if before is not None and before != tuple(opts.config.classes):
+        await _close(fleet)
+        raise UsageError(f"{output} was written with the classes {', '.join(before) or '(none)'}; the server "
+                         f"serves {', '.join(opts.config.classes)}: write to a new output file (or --overwrite)")
     # The folders' files, picked by the limits the server enforces (its allowed containers).
     why_not = dict(found(limits or opts.config.limits))
     budget = ByteBudget(opts.max_inflight_bytes)

@@ -23,7 +23,7 @@ import pytest
 from vidcls.cli import main as cli_main
 from vidcls.client.classify import classify_paths
 from vidcls.client.fleet import Endpoint, Fleet
-from vidcls.client.results import ResultWriter, fieldnames, load_done
+from vidcls.client.results import ResultWriter, fieldnames, load_done, written_classes
 from vidcls.inputs import collect_inputs, discover
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,6 +412,34 @@ def test_resume_after_kill(triton_server, many_videos, tmp_path):
     # Resuming a finished output does nothing.
     assert subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, timeout=120).returncode == 0
     assert len(read_rows(out)) == len(many_videos)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_written_classes_read_back(tmp_path, suffix):
+    out = tmp_path / f"r{suffix}"
+    fmt = suffix[1:]
+    with ResultWriter(str(out), fmt, fieldnames(("Cats", "Dogs"), top_k=True, evidence=True)) as w:
+        w.write({"path": "a.mp4", "class": "Cats", "Cats": 0.75, "Dogs": 0.25, "top_k": None, "moments": None,
+                 "view_probabilities": None, "latency_ms": 1.0, "error": "", "skipped": "", "attempts": 1,
+                 "endpoint": "x"})
+    assert written_classes(*load_done(out, fmt)) == ("Cats", "Dogs")
+    assert written_classes({}, None) is None
+
+
+@pytest.mark.server
+def test_resume_refuses_an_output_of_another_class_set(triton_server, many_videos, tmp_path):
+    """--resume onto a file written for other classes would mix two tables: one line, exit 2."""
+    out = tmp_path / "other.csv"
+    out.write_text("path,class,Cats,Dogs,latency_ms,error,skipped,attempts,endpoint\n"
+                   "/x/a.mp4,Cats,0.75,0.25,1.0,,,1,e\n")
+    before = out.read_text()
+    proc = subprocess.run([sys.executable, "-m", "vidcls.cli", "classify", str(many_videos[0]), "--url",
+                           triton_server.grpc_url, "-o", str(out), "--resume", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "written with the classes Cats, Dogs" in lines[0], proc.stderr
+    assert out.read_text() == before
 
 
 @pytest.mark.server

@@ -112,9 +112,30 @@ def test_scraped_metrics_count_exactly_what_was_sent(triton_server, serving_conf
     assert decodes == dict(modes)
     _histogram(changes, m.INPUT_DURATION, durations)
     _histogram(changes, m.INPUT_SHORT_SIDE, sides)
+    # Every request passed the front model's answer cache once; none of these files was seen before.
+    outcomes = {dict(labels)["outcome"]: v for (name, labels), v in changes.items() if name == m.ANSWER_CACHE.name}
+    assert outcomes == {"miss": len(payloads)}
     # Only the series above moved among ours.
     ours = {name for name, _ in changes if name.startswith("vidcls_")}
     assert ours <= {series for spec in m.ALL for series in spec.series()}
+
+    # The good files again: answered from the cache (hits), so the pipeline's series stay still;
+    # with the cache turned off they are classified (and counted) again.
+    again = delta(after, _scrape_after(triton_server, serving_config, [p.read_bytes() for p in good]))
+    assert {k: v for k, v in again.items() if k[0].startswith("vidcls_")} == {
+        key(m.ANSWER_CACHE.name, outcome="hit"): len(good)}
+    latest = scrape(triton_server.metrics_url)
+    off = delta(latest, _scrape_after(triton_server, serving_config, [good[0].read_bytes()], answer_cache=False))
+    assert off[key(m.ANSWER_CACHE.name, outcome="off")] == 1
+    assert sum(v for (name, _), v in off.items() if name == m.PREDICTIONS.name) == 1
+
+
+def _scrape_after(server, config, payloads, answer_cache=True):
+    from tests.test_serving import _send_concurrently
+
+    results = _send_concurrently(server.grpc_url, config, payloads, answer_cache=answer_cache)
+    assert not any(isinstance(r, Exception) for r in results), results
+    return scrape(server.metrics_url)
 
 
 @pytest.mark.server

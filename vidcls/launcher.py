@@ -417,8 +417,17 @@ class TritonServer:
     def __enter__(self) -> "TritonServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *_) -> None:
         self.stop()
+        if exc_type is None:
+            self.discard_log()
+
+    def discard_log(self) -> None:
+        """Remove the log when this object made its own temporary folder for it (a clean stop);
+        a log the caller named, or one after a failure, stays for reading."""
+        if self._own_log_dir is not None and not self.running():
+            shutil.rmtree(self._own_log_dir, ignore_errors=True)
+            self._own_log_dir = None
 
     def __del__(self):  # a forgotten server must not outlive its owner
         try:
@@ -584,6 +593,8 @@ def run(args: argparse.Namespace) -> int:
         raise server._failure(f"tritonserver exited (code {code})")
     except KeyboardInterrupt:
         print("stopping tritonserver ...", flush=True)
+        server.stop()
+        server.discard_log()
         return 0
     finally:
         server.stop()

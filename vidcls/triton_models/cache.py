@@ -21,6 +21,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from vidcls.answer_cache import AnswerCache, content_key
+from vidcls.triton_models import metrics
 from vidcls.triton_models.base import BatchedModel, Failure, failure
 
 # Pipeline inferences waiting at once (threads blocked in a BLS call; the pipeline queues them).
@@ -83,14 +84,19 @@ class AnswerCacheModel(BatchedModel):
                 self.send(sender, exc)
                 continue
             if key is None:
+                self.count("off")
                 self.pool.submit(self.classify, video, sender, None)
                 continue
             answer, owner = self.cache.lookup(key, lambda result, sender=sender: self.send(sender, result))
+            self.count("hit" if answer is not None else "miss" if owner else "joined")
             if answer is not None:
                 self.send(sender, answer)
             elif owner:
                 self.pool.submit(self.classify, video, sender, key)
         return None
+
+    def count(self, outcome: str) -> None:
+        self.metrics.record([metrics.sample(metrics.ANSWER_CACHE, outcome=outcome)])
 
     def classify(self, video, sender, key) -> None:
         """One pipeline inference (in a pool thread); the answer goes to ``sender``, and to the cache

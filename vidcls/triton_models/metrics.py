@@ -11,7 +11,9 @@ own: on ``--decode dali`` repositories the packet, frame and seek counters stay 
 
 - video_probe: input duration and resolution of every accepted video, refusals by code;
 - video_decode (PyAV): packets sent to the decoder, sampled frames, seek vs from-start decodes;
-- ensemble_average: predictions by class;
+- ensemble_average: predictions by class (videos the pipeline classified: an answer the front
+  model gives from its answer cache is not counted again);
+- vidcls (the front model): every request by how the answer cache answered it;
 - every python step: refused or failed requests by step and error code.
 
 A step attaches what it measured to a result under :data:`STATS` (a list of :class:`Sample`);
@@ -21,6 +23,7 @@ per-request retry after a failed batch never counts a request twice.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
@@ -70,8 +73,16 @@ INPUT_SHORT_SIDE = MetricSpec(
     "portrait or landscape)",
     buckets=(144.0, 240.0, 360.0, 480.0, 720.0, 1080.0, 1440.0, 2160.0, 4096.0))
 
+ANSWER_CACHE = MetricSpec(
+    "vidcls_answer_cache_requests_total", COUNTER,
+    "Requests to the front model by how they were answered: hit (a stored answer), joined (the "
+    "answer of the same file being classified for another request), miss (the pipeline ran), "
+    "off (the request turned the cache off)", ("outcome",))
+
 ALL: tuple[MetricSpec, ...] = (PREDICTIONS, FAILURES, DECODED_PACKETS, SAMPLED_FRAMES, DECODES,
-                               INPUT_DURATION, INPUT_SHORT_SIDE)
+                               INPUT_DURATION, INPUT_SHORT_SIDE, ANSWER_CACHE)
+# Values of ANSWER_CACHE's ``outcome`` label.
+CACHE_OUTCOMES = ("hit", "joined", "miss", "off")
 # Values of DECODES' ``mode`` label: vidcls.video.decode_frames reports them in stats["mode"].
 DECODE_MODES = ("seek", "sequential")
 # The FAILURES code of an error that is not a VideoError (a bug, ONNX Runtime failing, ...).
@@ -104,6 +115,8 @@ class Recorder:
         self._pb = pb if getattr(pb, "MetricFamily", None) is not None else None
         self._families: dict[str, Any] = {}
         self._metrics: dict[tuple, Any] = {}
+        # The front model records from its pipeline threads too: one family and metric per name.
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -113,7 +126,8 @@ class Recorder:
         if self._pb is None:
             return
         for s in samples:
-            metric = self._metric(s.spec, s.labels)
+            with self._lock:
+                metric = self._metric(s.spec, s.labels)
             if s.spec.kind == HISTOGRAM:
                 metric.observe(s.value)
             else:
@@ -137,5 +151,6 @@ class Recorder:
 
     def close(self) -> None:
         # The python backend wants a family deleted after its metrics.
-        self._metrics.clear()
-        self._families.clear()
+        with self._lock:
+            self._metrics.clear()
+            self._families.clear()
