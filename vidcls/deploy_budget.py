@@ -303,7 +303,7 @@ def shm_budget_bytes(config: VidclsConfig | None = None, typical_video_mib: floa
     Sized for the heaviest variant (decode in the python backend): a decode batch of FRAMES held
     twice (stub output region + Triton's copy) per batch in flight, one batch per decode instance
     (config.serving.gpu_decode_instances), plus the encoded VIDEO bytes of a full probe batch,
-    which probe and decode each receive.
+    which the front model (held until the answer), probe and decode each receive.
     """
     config = config or VidclsConfig()
     sv = config.serving
@@ -311,7 +311,7 @@ def shm_budget_bytes(config: VidclsConfig | None = None, typical_video_mib: floa
         batches_in_flight = sv.gpu_decode_instances
     frames = sv.decode_batch * config.num_frames * config.frame_size ** 2 * 3
     video = sv.probe_batch * typical_video_mib * MIB
-    return int(2 * frames * batches_in_flight + 2 * video)
+    return int(2 * frames * batches_in_flight + 3 * video)
 
 
 def format_table(budget: Budget) -> str:
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     config = VidclsConfig.load(args.config) if args.config else VidclsConfig()
     if args.shm:
         print(f"/dev/shm needed (python backend tensors, 32 MiB typical video): "
-              f"{shm_budget_bytes(config) / MIB:.0f} MiB; docker/compose.yaml and deploy/k8s use 2 GiB\n")
+              f"{shm_budget_bytes(config) / MIB:.0f} MiB; docker/compose.yaml and deploy/k8s use 3 GiB\n")
     w, h = (int(x) for x in args.source.lower().split("x"))
     a = Assumptions(slice_mib=args.slice_mib, source_width=w, source_height=h)
     combos = ([(b, d) for b in BACKENDS for d in ("dali", "cpu")]
