@@ -69,6 +69,7 @@ class AnswerCacheModel(BatchedModel):
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        super().finalize()  # the metric families, after their metrics
 
     def execute(self, requests):
         s = self.config.serving
