@@ -125,6 +125,38 @@ def test_identical_requests_in_flight_run_the_pipeline_once(triton_server, servi
 
 
 @pytest.mark.server
+def test_a_stored_answer_does_not_wait_for_pipeline_runs_in_flight(triton_server, serving_config, video_factory):
+    """The front model hands pipeline runs to its event loop and returns: a hit that arrives while
+    eight runs are in flight is answered before they end (it would be answered after them if the
+    model waited for its pipeline calls)."""
+    import threading
+    import time
+
+    url, s = triton_server.grpc_url, serving_config.serving
+    cached = video_factory("cache_ready.mp4", n=30, size=(96, 64), seed=31)
+    slow = video_factory("cache_slow.mp4", n=600, size=(320, 240), seed=32)  # seconds of work for 8
+    assert not isinstance(_send_concurrently(url, serving_config, [cached])[0], Exception)
+    finished: dict[str, float] = {}
+
+    def in_flight(i):
+        result = _send_concurrently(url, serving_config, [slow], answer_cache=False)[0]
+        assert not isinstance(result, Exception), result
+        finished[f"run{i}"] = time.monotonic()
+
+    threads = [threading.Thread(target=in_flight, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the eight are in flight (each client's call is sent within milliseconds)
+    (hit,) = _send_concurrently(url, serving_config, [cached])
+    finished["hit"] = time.monotonic()
+    for t in threads:
+        t.join(300)
+    assert not isinstance(hit, Exception), hit
+    assert len(finished) == 9 and finished["hit"] < max(v for k, v in finished.items() if k != "hit"), finished
+    assert hit.as_numpy(s.class_name).size == 1
+
+
+@pytest.mark.server
 def test_errors_pass_through_with_their_code_and_are_not_stored(triton_server, serving_config):
     from tritonclient.utils import InferenceServerException
 

@@ -9,24 +9,24 @@ the pipeline ensemble (Triton's business logic scripting, BLS) and its answer is
 The steps' errors are passed on with their message and code (:class:`PipelineError`) and never stored. A request with the parameter
 ``serving.cache_parameter`` set to false skips the cache both ways.
 
-execute() returns at once and the answers go out through each request's response sender, from a
-thread pool that waits on the pipeline: one instance of this model keeps as many videos in flight
-as clients send, while the pipeline's own models batch and queue them.
+execute() is a coroutine, which the python backend runs on the stub's own event loop: it starts
+one task per pipeline inference (``InferenceRequest.async_exec``) and returns, and the loop runs
+the tasks on; each answer goes out through its request's response sender. So one instance of this
+model keeps as many videos in flight as clients send, while the pipeline's own models batch and
+queue them, and a stored answer goes out at once even while pipeline runs are in flight. (An
+earlier version waited on the pipeline from a thread pool: with BLS calls made from its threads
+the stub crashed with a segmentation fault every time it exited, after Triton had unloaded it.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 from vidcls.answer_cache import AnswerCache, content_key
 from vidcls.triton_models import metrics
 from vidcls.triton_models.base import BatchedModel, Failure, failure
-
-# Pipeline inferences waiting at once (threads blocked in a BLS call; the pipeline queues them).
-MAX_IN_FLIGHT = 64
-
 
 class PipelineError(Exception):
     """The pipeline's error for a request, passed on as the steps gave it.
@@ -65,14 +65,11 @@ class AnswerCacheModel(BatchedModel):
         s = self.config.serving
         self.inputs = (s.video,)
         self.cache = AnswerCache(s.answer_cache_entries)
-        self.pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="pipeline")
+        self.running: set[asyncio.Task] = set()
 
-    def finalize(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        super().finalize()  # the metric families, after their metrics
-
-    def execute(self, requests):
+    async def execute(self, requests):
         s = self.config.serving
+        pending = []
         for request in requests:
             sender = request.get_response_sender()
             try:
@@ -86,29 +83,33 @@ class AnswerCacheModel(BatchedModel):
                 continue
             if key is None:
                 self.count("off")
-                self.pool.submit(self.classify, video, sender, None)
+                pending.append(self.classify(video, sender, None))
                 continue
             answer, owner = self.cache.lookup(key, lambda result, sender=sender: self.send(sender, result))
             self.count("hit" if answer is not None else "miss" if owner else "joined")
             if answer is not None:
                 self.send(sender, answer)
             elif owner:
-                self.pool.submit(self.classify, video, sender, key)
+                pending.append(self.classify(video, sender, key))
+        for work in pending:  # run on after this returns; the answers go out through the senders
+            task = asyncio.ensure_future(work)
+            self.running.add(task)  # a task nothing refers to may be collected before it ends
+            task.add_done_callback(self.running.discard)
         return None
 
     def count(self, outcome: str) -> None:
         self.metrics.record([metrics.sample(metrics.ANSWER_CACHE, outcome=outcome)])
 
-    def classify(self, video, sender, key) -> None:
-        """One pipeline inference (in a pool thread); the answer goes to ``sender``, and to the cache
-        (which hands it to the requests for the same file that arrived meanwhile) unless ``key`` is None."""
+    async def classify(self, video, sender, key) -> None:
+        """One pipeline inference; the answer goes to ``sender``, and to the cache (which hands it to
+        the requests for the same file that arrived meanwhile) unless ``key`` is None."""
         s = self.config.serving
         try:
             # Every output (evidence included: it costs the pipeline nothing more), so one stored
             # answer serves any request; Triton returns each client only the outputs it names.
             request = self.pb.InferenceRequest(model_name=s.pipeline, inputs=[video],
                                                requested_output_names=list(self.output_dtypes))
-            response = request.exec()
+            response = await request.async_exec()
             if response.has_error():
                 result = PipelineError(response.error().message(), s.pipeline)
             else:

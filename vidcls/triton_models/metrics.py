@@ -115,7 +115,7 @@ class Recorder:
         self._pb = pb if getattr(pb, "MetricFamily", None) is not None else None
         self._families: dict[str, Any] = {}
         self._metrics: dict[tuple, Any] = {}
-        # The front model records from its pipeline threads too: one family and metric per name.
+        # Steps may record from more than one thread (the front model from the stub's event loop).
         self._lock = threading.Lock()
 
     @property
