@@ -23,7 +23,6 @@ per-request retry after a failed batch never counts a request twice.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
@@ -81,8 +80,6 @@ ANSWER_CACHE = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (PREDICTIONS, FAILURES, DECODED_PACKETS, SAMPLED_FRAMES, DECODES,
                                INPUT_DURATION, INPUT_SHORT_SIDE, ANSWER_CACHE)
-# Values of ANSWER_CACHE's ``outcome`` label.
-CACHE_OUTCOMES = ("hit", "joined", "miss", "off")
 # Values of DECODES' ``mode`` label: vidcls.video.decode_frames reports them in stats["mode"].
 DECODE_MODES = ("seek", "sequential")
 # The FAILURES code of an error that is not a VideoError (a bug, ONNX Runtime failing, ...).
@@ -115,8 +112,6 @@ class Recorder:
         self._pb = pb if getattr(pb, "MetricFamily", None) is not None else None
         self._families: dict[str, Any] = {}
         self._metrics: dict[tuple, Any] = {}
-        # Steps may record from more than one thread (the front model from the stub's event loop).
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -126,8 +121,7 @@ class Recorder:
         if self._pb is None:
             return
         for s in samples:
-            with self._lock:
-                metric = self._metric(s.spec, s.labels)
+            metric = self._metric(s.spec, s.labels)
             if s.spec.kind == HISTOGRAM:
                 metric.observe(s.value)
             else:
@@ -151,6 +145,5 @@ class Recorder:
 
     def close(self) -> None:
         # The python backend wants a family deleted after its metrics.
-        with self._lock:
-            self._metrics.clear()
-            self._families.clear()
+        self._metrics.clear()
+        self._families.clear()
