@@ -146,6 +146,19 @@ def test_regions_of_a_killed_server_are_removed(cpu_repository, tmp_path):
 
 
 @pytest.mark.server
+def test_own_log_folder_is_made_at_start_and_removed_after_a_clean_stop(cpu_repository):
+    """Without a log path the server logs into a folder of its own: none for a server never started,
+    and none left after a clean stop (a failed start keeps its log for reading)."""
+    never = TritonServer(cpu_repository)
+    assert not never.log_path.parent.exists()
+    with TritonServer(cpu_repository) as server:
+        folder = server.log_path.parent
+        assert folder.is_dir() and (folder.stat().st_mode & 0o777) == 0o700
+        assert "successfully loaded" in server.log_path.read_text()
+    assert not folder.exists()
+
+
+@pytest.mark.server
 def test_empty_parent_and_gpu_repositories_fail_in_one_line(cpu_repository, tmp_path, capfd):
     empty = tmp_path / "empty"
     empty.mkdir()

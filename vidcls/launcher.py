@@ -204,10 +204,10 @@ class TritonServer:
         self.model_control_mode = model_control_mode
         self.ready_timeout = ready_timeout
         self.server_id = f"vidcls-{os.getpid()}-{secrets.token_hex(4)}"
-        self._own_log_dir = None
-        if log_path is None:
-            self._own_log_dir = tempfile.mkdtemp(prefix="vidcls-triton-")
-            log_path = Path(self._own_log_dir) / "tritonserver.log"
+        self._own_log_dir, self._made_log_dir = None, False
+        if log_path is None:  # a folder of its own, made when the server starts
+            self._own_log_dir = Path(tempfile.gettempdir()) / f"vidcls-triton-{self.server_id}"
+            log_path = self._own_log_dir / "tritonserver.log"
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen | None = None
         self._log_file = None
@@ -297,6 +297,9 @@ class TritonServer:
         if self.running():
             return self
         self.preflight()
+        if self._own_log_dir is not None and not self._made_log_dir:
+            self._own_log_dir.mkdir(mode=0o700)  # fails on a name someone else made
+            self._made_log_dir = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         self._log_start = self._log_file.tell()
@@ -425,9 +428,9 @@ class TritonServer:
     def discard_log(self) -> None:
         """Remove the log when this object made its own temporary folder for it (a clean stop);
         a log the caller named, or one after a failure, stays for reading."""
-        if self._own_log_dir is not None and not self.running():
+        if self._made_log_dir and not self.running():
             shutil.rmtree(self._own_log_dir, ignore_errors=True)
-            self._own_log_dir = None
+            self._own_log_dir, self._made_log_dir = None, False
 
     def __del__(self):  # a forgotten server must not outlive its owner
         try:
