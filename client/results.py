@@ -27,17 +27,14 @@ def fieldnames(classes: Sequence[str], top_k: bool = False, evidence: bool = Fal
             "latency_ms", "error", "skipped", "attempts", "endpoint"]
 
 
-BOOKKEEPING = ("top_k", "moments", "view_probabilities", "latency_ms", "error", "skipped", "attempts", "endpoint")
-
-
 def written_classes(done: dict[str, dict[str, Any]], header: list[str] | None) -> tuple[str, ...] | None:
-    """The class columns an existing output was written with (the names between ``class`` and
-    the bookkeeping columns), or None when nothing tells (an empty file)."""
+    """The class columns an existing output was written with (every column :func:`fieldnames`
+    does not name for itself), or None when nothing tells (an empty file)."""
     names = header if header else next((list(r) for r in done.values()), None)
-    if not names or "class" not in names:
+    if not names:
         return None
-    rest = names[names.index("class") + 1:]
-    return tuple(c for c in rest[:next((i for i, c in enumerate(rest) if c in BOOKKEEPING), len(rest))])
+    own = set(fieldnames((), top_k=True, evidence=True))
+    return tuple(c for c in names if c not in own)
 
 
 def detect_format(output: str | None, fmt: str | None) -> str:
