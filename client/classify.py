@@ -35,7 +35,6 @@ from typing import Any, Iterable, Sequence
 
 from vidcls.arguments import check_address
 from vidcls.client.evidence import DEFAULT_MOMENTS
-from vidcls.client.evidence import FIELDS as EVIDENCE_FIELDS
 from vidcls.client.fleet import POLICIES, Fleet
 from vidcls.client.request import (RequestOptions, TLSOptions, endpoint_healthy, error_kind, infer_video,
                                    make_client, model_missing, served_classes, served_limits, server_problem)
@@ -176,12 +175,9 @@ class ByteBudget:
 
 
 def _record(path: str, opts: ClassifyOptions) -> dict[str, Any]:
-    record: dict[str, Any] = {"path": path, "class": "", **{c: None for c in opts.config.classes},
-                              "latency_ms": None, "error": "", "skipped": "", "attempts": 0, "endpoint": ""}
-    if opts.top_k:
-        record["top_k"] = None
-    if opts.evidence:
-        record.update(dict.fromkeys(EVIDENCE_FIELDS))
+    # The output's columns, in their order (JSONL keys as CSV columns); None until answered.
+    record: dict[str, Any] = dict.fromkeys(fieldnames(opts.config.classes, bool(opts.top_k), bool(opts.evidence)))
+    record.update({"path": path, "class": "", "error": "", "skipped": "", "attempts": 0, "endpoint": ""})
     return record
 
 

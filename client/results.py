@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from vidcls.client.evidence import FIELDS as EVIDENCE_FIELDS
+
 FORMATS = ("csv", "jsonl")
 
 
@@ -23,7 +25,7 @@ def fieldnames(classes: Sequence[str], top_k: bool = False, evidence: bool = Fal
     ``skipped`` holds why a file found in a folder was not sent (not a video), ``error`` why a
     file failed; a row has a class, an error or a skip reason."""
     return ["path", "class", *classes, *(["top_k"] if top_k else []),
-            *(["moments", "view_probabilities"] if evidence else []),
+            *(EVIDENCE_FIELDS if evidence else ()),
             "latency_ms", "error", "skipped", "attempts", "endpoint"]
 
 

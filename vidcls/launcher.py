@@ -399,6 +399,7 @@ class TritonServer:
                 region.unlink()
             except OSError:
                 pass
+
     def memory(self) -> dict[str, int]:
         """Memory the server holds now: :func:`process_memory` of its process tree."""
         if self.pid is None:
