@@ -109,8 +109,10 @@ def test_requests_are_batched_server_side(triton_server, serving_config, concurr
 
     # Files answered before: the pipeline must see them anyway to batch them.
     _send_concurrently(triton_server.grpc_url, serving_config, concurrent_videos * 2, answer_cache=False)
+    from vidcls.admin_access import grpc_headers
+
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
-        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+        stats = client.get_inference_statistics(headers=grpc_headers(triton_server.admin_key), as_json=True)["model_stats"]
     batched = {m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
                for m in stats if int(m.get("execution_count", 0)) < int(m.get("inference_count", 0))}
     assert batched, f"no model batched requests: {stats}"
