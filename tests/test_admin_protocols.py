@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.serving import lines_until_ready
 from vidcls import admin_access
 from vidcls.admin_access import (ENV_KEY, ENV_KEY_FILE, HEADER, OPEN, RESTRICTED, AdminKeyError, client_key,
                                  grpc_headers, http_headers, is_loopback, refused, server_args, server_key)
@@ -296,12 +297,7 @@ def test_vidcls_serve_refuses_the_probe_without_the_key(cpu_repository, serving_
                              "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("ready"):
-                break
-        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        lines = lines_until_ready(proc)
         said = [ln for ln in lines if ln.startswith("operator key:")]
         assert said and str(key_file) in said[0] and "new" in said[0], lines
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -247,12 +247,9 @@ def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serv
                              "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("ready"):
-                break
-        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        from tests.fixtures.serving import lines_until_ready
+
+        lines = lines_until_ready(proc)
         assert f"log: {tmp_path / 'serve.log'}" in lines[0] and (tmp_path / "serve.log").stat().st_size > 0
         grpc_url = lines[-1].split()[2]
         assert grpc_url.startswith("127.0.0.1:")
