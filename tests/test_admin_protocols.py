@@ -131,6 +131,26 @@ def test_container_wrapper_refuses_to_start_without_a_key(tmp_path):
         assert json.loads(proc.stdout) == ["--x=1", *server_args(key)]
 
 
+# A tritonserver argv element (Python lists, Dockerfile exec form, YAML lists) or its binary's path.
+_STARTS_TRITON = re.compile(r"""["']tritonserver["']\s*[,\]]|/\s*["']tritonserver["']\s*\)|^\s*-\s*tritonserver\s*$""", re.M)
+
+
+def test_every_place_that_starts_tritonserver_restricts_the_admin_protocols():
+    """The launcher, the image, compose (through the image), Kubernetes and the GPU benchmark:
+    a new way to start tritonserver must go through vidcls.admin_access too."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    starters = []
+    for rel in files:
+        if not (rel.endswith((".py", ".yaml", ".yml")) or Path(rel).name.startswith("Dockerfile")):
+            continue
+        text = (ROOT / rel).read_text(errors="replace")
+        if _STARTS_TRITON.search(text):
+            starters.append(rel)
+            assert "admin_access" in text, f"{rel} starts tritonserver without vidcls.admin_access"
+    assert {"vidcls/launcher.py", "docker/Dockerfile.triton", "deploy/k8s/base/deployment.yaml",
+            "benchmarks/gpu_bench.py"} <= set(starters), starters
+
+
 # ---- the probe ---------------------------------------------------------------------------------
 def _http(url: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
     data = None if body is None else json.dumps(body).encode()
