@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 HEADER = "vidcls-admin-key"
 GRPC_PREFIX = "triton-grpc-protocol-"
 # Every protocol tritonserver knows (2.51 and 26.08 list the same nine in --help) is in one of the
-# two groups; tests/test_security.py compares them with the binary's own list.
+# two groups; tests/test_admin_protocols.py compares them with the binary's own list.
 RESTRICTED = ("shared-memory", "model-repository", "statistics", "trace", "logging")
 OPEN = ("health", "metadata", "inference", "model-config")
 ENV_KEY = "VIDCLS_ADMIN_KEY"

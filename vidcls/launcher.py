@@ -599,9 +599,8 @@ def run(args: argparse.Namespace) -> int:
     server.preflight()
     server.admin_key, key_source = admin_access.server_key(args.admin_key_file)
     print(f"starting tritonserver on {server.repo} (log: {server.log_path})", flush=True)
-    print(f"operator key: {key_source} (shared memory and statistics need it: --admin-key-file FILE or "
-          f"${admin_access.ENV_KEY})",
-          flush=True)
+    print(f"operator key: {key_source}; clients pass it for shared memory and statistics (--admin-key-file FILE "
+          f"or ${admin_access.ENV_KEY})", flush=True)
     try:
         server.start()
         print(f"ready  gRPC {server.grpc_url}  HTTP http://{server.http_url}  metrics {server.metrics_url}"
