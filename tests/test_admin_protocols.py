@@ -381,3 +381,28 @@ def test_bench_without_the_key_says_what_to_do(triton_server, client_videos, tmp
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ") and "statistics" in err[-1] and "--admin-key-file" in err[-1], err
     assert not (tmp_path / "b" / "perf.csv").exists()
+
+
+@pytest.mark.server
+def test_bench_passes_the_key_to_perf_analyzer_for_shared_memory(triton_server, admin_key_file, client_videos,
+                                                                 tmp_path):
+    """perf_analyzer registers its input regions and reads statistics with the key (-H)."""
+    from vidcls.cli import main
+    from vidcls.client.perf import PerfError, find_perf_analyzer, read_perf_csv
+
+    try:
+        find_perf_analyzer()
+    except PerfError as exc:
+        pytest.skip(f"perf_analyzer is not installed (make tools): {exc}")
+    out = tmp_path / "b"
+    rc = main(["bench", "--url", triton_server.grpc_url, str(client_videos["good"][1]), "-o", str(out),
+               "--admin-key-file", str(admin_key_file), "--shared-memory", "system", "--concurrency-range", "1:1",
+               "--measurement-mode", "count_windows", "--measurement-request-count", "3",
+               "--stability-percentage", "1000", "--max-trials", "3"])
+    assert rc == 0, (out / "perf_analyzer.log").read_text()[-3000:] if (out / "perf_analyzer.log").exists() else ""
+    assert read_perf_csv(out / "perf.csv")[0]["Inferences/Second"] > 0
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        status = client.get_system_shared_memory_status(headers=grpc_headers(triton_server.admin_key), as_json=True)
+    assert not status.get("regions"), "perf_analyzer left regions registered"
