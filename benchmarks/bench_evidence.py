@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                         return 1
                     rates.setdefault((name, c), []).append(res["videos_per_s"])
             print(f"round {r + 1}/{args.rounds} done", flush=True)
-        compute = {"off": model_compute(off.grpc_url), "on": model_compute(on.grpc_url)}
+        compute = {"off": model_compute(off), "on": model_compute(on)}
 
     print(f"\nconfig {args.config}: {args.videos} clips of {args.seconds:g} s (320x240), {args.rounds} rounds, "
           f"median videos/s")

@@ -336,7 +336,8 @@ def stage_summary(config: VidclsConfig, steps, videos: int) -> dict:
     return {"stage_s_per_video": stages, "models": models}
 
 
-def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps: int) -> dict:
+def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps: int,
+                       admin_key: str | None = None) -> dict:
     """FRAMES sent straight to the backbone model, one request at a time: its compute time per
     execution from Triton's statistics (what the python model + ORT cost inside the server)."""
     import tritonclient.grpc as grpcclient
@@ -352,13 +353,13 @@ def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps:
             client.infer(s.backbone, [inp], client_timeout=600)
 
         once()  # warm-up at this exact shape
-        before = fetch_statistics(url)
+        before = fetch_statistics(url, admin_key=admin_key)
         t0 = time.perf_counter()
         for _ in range(reps):
             once()
         wall = time.perf_counter() - t0
         time.sleep(STATS_SETTLE_S)
-        after = fetch_statistics(url)
+        after = fetch_statistics(url, admin_key=admin_key)
     step = next(st for st in diff_statistics(before, after, wall) if st.model == s.backbone)
     n = reps * len(frames)
     return {"frames": n, "busy_s": step.busy_s, "frames_per_s": n / step.busy_s,
@@ -458,13 +459,13 @@ def run_triton(name: str, config: VidclsConfig, repo: Path, work: Path, sets: di
             sweep = []
             for c in concurrencies:
                 todo = payloads * max(1, -(-max(min_requests, 3 * c) // len(payloads)))
-                before = fetch_statistics(server.grpc_url)
+                before = fetch_statistics(server.grpc_url, admin_key=server.admin_key)
                 cpu0 = stub_cpu_s(server.pid, model_names)
                 with LoadMeter(server.pid) as meter:
                     row = run_load(server.grpc_url, config, todo, c)
                 cpu1 = stub_cpu_s(server.pid, model_names)
                 time.sleep(STATS_SETTLE_S)
-                after = fetch_statistics(server.grpc_url)
+                after = fetch_statistics(server.grpc_url, admin_key=server.admin_key)
                 steps = diff_statistics(before, after, row["wall_s"], ensemble={sv.ensemble, sv.pipeline})
                 row.update(stage_summary(config, steps, row["videos"]))
                 row["cpu_s_per_video"] = {stage: sum(cpu1[m] - cpu0[m] for m in names) / max(row["videos"], 1)
@@ -491,7 +492,8 @@ def run_triton(name: str, config: VidclsConfig, repo: Path, work: Path, sets: di
                       f"{r['first_p50_s']:.1f} s ({100 * r['ratio']:.2f} %), same answers {r['same_answers']}", flush=True)
             out["sets"][set_name] = entry
         with LoadMeter(server.pid) as meter:
-            out["backbone_in_triton"] = backbone_in_triton(server.grpc_url, config, frames, backbone_reps)
+            out["backbone_in_triton"] = backbone_in_triton(server.grpc_url, config, frames, backbone_reps,
+                                                   server.admin_key)
         out["backbone_in_triton"]["conditions"] = meter.result
     with LoadMeter() as meter:  # after the server stopped: nothing else of ours runs
         out["backbone_standalone"] = backbone_standalone(

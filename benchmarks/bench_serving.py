@@ -134,12 +134,15 @@ def run_load(url: str, config: VidclsConfig, payloads: list[tuple[str, np.ndarra
             "probabilities": probs}
 
 
-def model_compute(url: str) -> dict[str, tuple[int, int, float]]:
-    """model → (inferences, executions, compute ms per execution) from Triton's statistics."""
+def model_compute(server) -> dict[str, tuple[int, int, float]]:
+    """model → (inferences, executions, compute ms per execution) from the statistics of a
+    :class:`~vidcls.launcher.TritonServer` (asked with its operator key)."""
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    from vidcls.admin_access import grpc_headers
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(headers=grpc_headers(server.admin_key), as_json=True)["model_stats"]
     out = {}
     for m in stats:
         execs = int(m.get("execution_count", 0))
@@ -180,7 +183,7 @@ def main() -> int:
         print(f"server ready in {time.perf_counter() - t0:.1f} s at {server.grpc_url}")
         run_load(server.grpc_url, config, payloads[:1], 1)  # first request: python stubs' lazy imports
         rows = [run_load(server.grpc_url, config, payloads, c) for c in args.concurrency]
-        compute = model_compute(server.grpc_url)
+        compute = model_compute(server)
 
     print("\nTriton cpu pipeline, default config (EfficientNetV2-S 256x256 x 64 frames, 4 x 65M temporal, 4 views)")
     print(f"{'concurrency':>11} {'videos':>6} {'errors':>6} {'videos/s':>9} {'p50 s':>7} {'p95 s':>7}")

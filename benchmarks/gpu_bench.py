@@ -158,17 +158,22 @@ class Server:
     """Triton in the NGC-based image (docker) or a local tritonserver binary, on free ports."""
 
     def __init__(self, repo: Path, image: str | None, binary: str | None, logfile: Path):
+        from vidcls.admin_access import new_key
         from vidcls.launcher import free_port
 
         self.repo, self.image, self.binary, self.logfile = repo.resolve(), image, binary, logfile
+        self.admin_key = new_key()  # the admin protocols restricted, as everywhere vidcls starts Triton
         self.grpc, self.http, self.metrics = free_port(), free_port(), free_port()
         self.proc = None
         self.container = f"vidcls-gpu-bench-{os.getpid()}"
 
     def __enter__(self):
+        from vidcls.admin_access import server_args
+
         args = ["--model-repository=/models" if self.image else f"--model-repository={self.repo}",
                 "--strict-readiness=true", "--exit-on-error=true",
-                f"--grpc-port={self.grpc}", f"--http-port={self.http}", f"--metrics-port={self.metrics}"]
+                f"--grpc-port={self.grpc}", f"--http-port={self.http}", f"--metrics-port={self.metrics}",
+                *server_args(self.admin_key)]
         if self.image:
             cmd = ["docker", "run", "--rm", "--name", self.container, "--gpus", "all", "--network", "host",
                    "--ipc", "host",  # the python backend moves tensors through /dev/shm
@@ -208,7 +213,8 @@ class Server:
                 os.killpg(self.proc.pid, 9)
 
 
-def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: str, concurrency: str) -> dict:
+def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: str, concurrency: str,
+          admin_key: str | None = None) -> dict:
     from vidcls.client.perf import (PerfOptions, build_command, find_perf_analyzer, perf_environment,
                                     read_perf_csv, run_perf_analyzer, write_input_data)
     from vidcls.client.stats import diff_statistics, fetch_statistics, markdown_table
@@ -218,12 +224,13 @@ def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: 
     write_input_data(videos, data, config.serving.video)
     opts = PerfOptions(model=config.serving.ensemble, url=url, concurrency_range=concurrency,
                        measurement_mode="time_windows", measurement_interval_ms=10000,
-                       parameters=[(config.serving.cache_parameter, "false", "bool")])  # measure the pipeline
+                       parameters=[(config.serving.cache_parameter, "false", "bool")],  # measure the pipeline
+                       admin_key=admin_key)  # perf_analyzer reads the statistics API
     csv_path = work / f"perf_{name}.csv"
-    before, t0 = fetch_statistics(url), time.perf_counter()
+    before, t0 = fetch_statistics(url, admin_key=admin_key), time.perf_counter()
     run_perf_analyzer(build_command(binary, opts, data, csv_path), perf_environment(binary),
                       work / f"perf_{name}.log", timeout=3600)
-    steps = diff_statistics(before, fetch_statistics(url), time.perf_counter() - t0, ensemble={config.serving.ensemble, config.serving.pipeline})
+    steps = diff_statistics(before, fetch_statistics(url, admin_key=admin_key), time.perf_counter() - t0, ensemble={config.serving.ensemble, config.serving.pipeline})
     rows = read_perf_csv(csv_path)
     best = max(rows, key=lambda r: r.get("Inferences/Second", 0.0))
     return {"rows": rows, "best_concurrency": best.get("Concurrency"), "best_videos_per_s": best["Inferences/Second"],
@@ -320,7 +327,7 @@ def main(argv=None) -> int:
         safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", name)
         with Server(repo, None if args.tritonserver else args.image, args.tritonserver,
                     work / f"tritonserver_{safe}.log") as server:
-            res = sweep(server.url, cfg, videos, work, safe, args.concurrency)
+            res = sweep(server.url, cfg, videos, work, safe, args.concurrency, server.admin_key)
             if "fidelity" not in report:
                 report["fidelity"] = fid = fidelity(server.url, cfg, checkpoints, videos)
                 log(f"   fidelity vs the PyTorch reference: max |dp| {fid['max_abs_prob_diff']:.3g} (<= {fid['atol']}), "

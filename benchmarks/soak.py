@@ -83,12 +83,12 @@ class MemorySampler(threading.Thread):
 
 
 # ---- server statistics ----------------------------------------------------------------------------
-def request_counts(url: str) -> dict[str, dict[str, int]]:
+def request_counts(url: str, admin_key: str | None) -> dict[str, dict[str, int]]:
     """{model: {success, fail}} from Triton's statistics API (cumulative counters)."""
     from vidcls.client.stats import fetch_statistics
 
     out = {}
-    for m in fetch_statistics(url).get("model_stats", []):
+    for m in fetch_statistics(url, admin_key=admin_key).get("model_stats", []):
         inf = m.get("inference_stats", {})
         out[m["name"]] = {k: int((inf.get(k) or {}).get("count", 0) or 0) for k in ("success", "fail")}
     return out
@@ -126,7 +126,7 @@ class Level:
 
 
 def run_level(binary: Path, env: dict, url: str, model: str, input_json: Path, level: Level, seconds: float,
-              window_ms: int, work: Path, tag: str = "") -> None:
+              window_ms: int, work: Path, tag: str = "", admin_key: str | None = None) -> None:
     """perf_analyzer at one concurrency, run after run, until ``seconds`` are spent.
 
     Each run measures three windows (a stability threshold of 1000% accepts the first three), so
@@ -139,7 +139,8 @@ def run_level(binary: Path, env: dict, url: str, model: str, input_json: Path, l
     # The same few files again and again: with the answer cache the pipeline would run once each.
     no_cache = [(VidclsConfig().serving.cache_parameter, "false", "bool")]
     opts = PerfOptions(model=model, url=url, concurrency_range=str(level.concurrency), measurement_interval_ms=window_ms,
-                       stability_percentage=1000.0, max_trials=3, parameters=no_cache, extra=["--async"])
+                       stability_percentage=1000.0, max_trials=3, parameters=no_cache, extra=["--async"],
+                       admin_key=admin_key)  # perf_analyzer reads the statistics API
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         csv_path = work / f"{tag}c{level.concurrency}_run{level.runs}.csv"
@@ -214,7 +215,7 @@ def check_loopback(url: str) -> None:
 
 # ---- the soak ------------------------------------------------------------------------------------------
 def soak(url: str, pid: int, videos: Sequence[Path], concurrency: Sequence[int], seconds: float, window_ms: int,
-         sample_s: float, out: Path, model: str, input_name: str) -> dict:
+         sample_s: float, out: Path, model: str, input_name: str, admin_key: str | None = None) -> dict:
     from vidcls.client.perf import find_perf_analyzer, perf_environment, write_input_data
 
     check_loopback(url)
@@ -229,24 +230,24 @@ def soak(url: str, pid: int, videos: Sequence[Path], concurrency: Sequence[int],
     sampler = MemorySampler(pid, sample_s)
     sampler.sample()
     sampler.start()
-    counts0 = request_counts(url)
+    counts0 = request_counts(url, admin_key)
     # Warm-up: every python stub has imported its libraries and sized its buffers, ORT sessions
     # have run once. Growth is measured from after this point.
     sampler.label = "warmup"
     warm = Level(concurrency=max(concurrency))
     run_level(binary, env, url, model, input_json, warm, seconds=1.0, window_ms=min(window_ms, 2000), work=work,
-              tag="warmup_")
+              tag="warmup_", admin_key=admin_key)
     baseline = sampler.sample()
     t_start = time.monotonic()
     levels = []
     for c in concurrency:
         sampler.label = f"c{c}"
         level = Level(concurrency=c)
-        before = request_counts(url)
+        before = request_counts(url, admin_key)
         level.rss_start_mb = sampler.sample()["rss"] / 2**20
-        run_level(binary, env, url, model, input_json, level, seconds, window_ms, work)
+        run_level(binary, env, url, model, input_json, level, seconds, window_ms, work, admin_key=admin_key)
         level.rss_end_mb = sampler.sample()["rss"] / 2**20
-        d = _delta(before, request_counts(url))
+        d = _delta(before, request_counts(url, admin_key))
         level.requests = d.get(model, {}).get("success", 0) + d.get(model, {}).get("fail", 0)
         level.failures = sum(v["fail"] for v in d.values())
         levels.append(level)
@@ -254,7 +255,7 @@ def soak(url: str, pid: int, videos: Sequence[Path], concurrency: Sequence[int],
     sampler.label = "end"
     end = sampler.sample()
     sampler.stop()
-    total = _delta(counts0, request_counts(url))
+    total = _delta(counts0, request_counts(url, admin_key))
 
     after_warm = [s for s in sampler.samples if s["phase"] not in ("start", "warmup")]
     peak = max(after_warm, key=lambda s: s["rss"])
@@ -495,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--long", action="store_const", dest="mode", const="long", help="a few minutes (README)")
     p.add_argument("--url", help="gRPC address of a running loopback server (else start our own)")
     p.add_argument("--pid", type=int, help="that server's PID (its process tree is measured)")
+    p.add_argument("--admin-key-file", type=Path,
+                   help="that server's operator key (statistics); default: $VIDCLS_ADMIN_KEY, else the local key file")
     p.add_argument("--repo", type=Path, help="model repository for our own server (default: build one)")
     p.add_argument("--preset", choices=["tiny", "demo"], default="tiny", help="models of the built repository")
     p.add_argument("--concurrency", help="comma list, overrides the mode's")
@@ -530,13 +533,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = None
     try:
         if args.url:
-            url, pid = args.url, args.pid
+            from vidcls.admin_access import client_key
+
+            url, pid, key = args.url, args.pid, client_key(args.admin_key_file, [args.url])
         else:
             from vidcls.launcher import TritonServer
 
             repo = args.repo or build_repo(args.work, args.preset, max_bytes)
             server = TritonServer(repo, log_path=args.out / "tritonserver.log").start()
-            url, pid = server.grpc_url, server.pid
+            url, pid, key = server.grpc_url, server.pid, server.admin_key
             print(f"server on {url} (pid {pid})", flush=True)
         if args.hostile:
             h = dict(HOSTILE_MODES[args.mode or "short"])
@@ -549,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   names.ensemble, names.video)
         else:
             result = soak(url, pid, videos, m["concurrency"], m["seconds"], m["window_ms"], m["sample_s"], args.out,
-                          names.ensemble, names.video)
+                          names.ensemble, names.video, key)
     finally:
         if server is not None:
             server.stop()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vidcls import admin_access
 from vidcls.arguments import address, existing_path, positive_int
 from vidcls.client.classify import DEFAULT_URL
 from vidcls.client.perf import (PerfError, PerfOptions, build_command, find_perf_analyzer, perf_environment,
@@ -135,14 +136,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let the server answer repeated files from its answer cache (default: every request "
                              "runs the pipeline, since the input data repeats a few files)")
     parser.add_argument("--perf-args", default="", help="further perf_analyzer options, one quoted string")
+    parser.add_argument("--admin-key-file", metavar="FILE",
+                        help="the server's operator key: perf_analyzer reads the statistics API (and registers shared "
+                             f"memory) (default: ${admin_access.ENV_KEY}, else the key file of 'vidcls serve' on this "
+                             "host for a local --url)")
 
 
-def _check_server(url: str, tls: TLSOptions) -> None:
-    """A server must answer before the sweep (perf_analyzer's own failure says less)."""
+def _check_server(url: str, tls: TLSOptions, key: str | None, shared_memory: bool) -> None:
+    """A server must answer before the sweep, and let this client use what perf_analyzer uses:
+    the statistics API and, with --shared-memory system, shared memory (perf_analyzer's own
+    failure says less)."""
     async def problem() -> str | None:
         client = make_client(url, tls)
+        headers = admin_access.grpc_headers(key)
         try:
-            return await server_problem(client)
+            why = await server_problem(client)
+            if why:
+                return why
+            try:
+                await client.get_inference_statistics(model_name="", headers=headers, client_timeout=10)
+                if shared_memory:
+                    await client.get_system_shared_memory_status(headers=headers, client_timeout=10)
+            except Exception as exc:
+                if admin_access.refused(exc):
+                    what = "the statistics API" + (" and shared memory" if shared_memory else "")
+                    raise UsageError(admin_access.refusal(f"{what} (perf_analyzer uses it)", url, bool(key))) from None
+            return None
         finally:
             await client.close()
 
@@ -168,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
         tls_options = TLSOptions(**tls)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _check_server(args.url, tls_options)
+    key = admin_access.client_key(args.admin_key_file, [args.url])
+    _check_server(args.url, tls_options, key, args.shared_memory != "none")
     out.mkdir(parents=True, exist_ok=True)
     data = write_input_data(videos, out / "inputs.json", config.serving.video)
     opts = PerfOptions(
@@ -178,14 +198,14 @@ def run(args: argparse.Namespace) -> int:
         max_trials=args.max_trials, shared_memory=args.shared_memory, ssl=args.ssl, root_cert=args.root_cert,
         client_cert=args.client_cert, client_key=args.client_key,
         parameters=[] if args.answer_cache else [(config.serving.cache_parameter, "false", "bool")],
-        extra=shlex.split(args.perf_args))
+        extra=shlex.split(args.perf_args), admin_key=key)
     cmd = build_command(binary, opts, out / "inputs.json", out / "perf.csv")
     print(f"perf_analyzer: {binary}\n  sweep {args.concurrency_range} on {data['videos']} videos → {out}",
           file=sys.stderr)
 
     def stats() -> dict[str, Any] | None:
         try:
-            return fetch_statistics(args.url, **tls)
+            return fetch_statistics(args.url, **tls, admin_key=key)
         except Exception as exc:  # statistics are a bonus; the sweep still counts
             print(f"warning: statistics API: {exc}", file=sys.stderr)
             return None

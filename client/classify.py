@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vidcls import admin_access
 from vidcls.arguments import check_address
 from vidcls.client.evidence import DEFAULT_MOMENTS
 from vidcls.client.fleet import POLICIES, Fleet
@@ -84,11 +85,13 @@ class ClassifyOptions:
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
     evidence: int = 0  # > 0: record the evidence (this many top moments per video)
     answer_cache: bool = True
+    admin_key: str | None = None  # the operator key (--shm registers regions: vidcls.admin_access)
 
     def request_options(self) -> RequestOptions:
         return RequestOptions(config=self.config, model=self.model or self.config.serving.ensemble,
                               model_version=self.model_version, timeout=self.timeout, shm=self.shm,
-                              top_k=self.top_k, evidence=self.evidence, answer_cache=self.answer_cache)
+                              top_k=self.top_k, evidence=self.evidence, answer_cache=self.answer_cache,
+                              admin_key=self.admin_key)
 
 
 @dataclass
@@ -322,6 +325,8 @@ async def classify_async(paths: Iterable[str], opts: ClassifyOptions, list_files
         if opts.wait_for_server is not None:
             await _wait_for_server(fleet, opts.wait_for_server)
         await _preflight(fleet, req)
+        if req.shm:
+            await _check_shm_access(fleet, req)
         classes = await _classes_of(fleet, req)
         limits = await _served_limits(fleet, req, opts.config)
         if req.evidence:
@@ -428,6 +433,19 @@ async def _preflight(fleet: Fleet, req: RequestOptions) -> None:
                          + ", ".join(ep.url for ep in fleet.endpoints))
 
 
+async def _check_shm_access(fleet: Fleet, req: RequestOptions) -> None:
+    """--shm registers a region per file: a server that keeps shared memory for its operator would
+    refuse every file, so ask once before sending any."""
+    for ep in fleet.endpoints:
+        try:
+            await ep.client.get_system_shared_memory_status(headers=admin_access.grpc_headers(req.admin_key),
+                                                            client_timeout=10)
+        except Exception as exc:
+            if admin_access.refused(exc):
+                raise UsageError(admin_access.refusal("shared memory (--shm)", ep.url, bool(req.admin_key))
+                                 + ", or classify without --shm") from None
+
+
 async def _classes_of(fleet: Fleet, req: RequestOptions) -> tuple[str, ...] | None:
     """The class names the servers declare (the first that answers); the output's columns."""
     parameter = req.config.serving.classes_parameter
@@ -517,7 +535,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--backoff", type=float, default=d.backoff, help="first retry delay in seconds (doubles each time)")
     req.add_argument("--backoff-max", type=float, default=d.backoff_max, help="longest retry delay in seconds")
     req.add_argument("--shm", action="store_true",
-                     help="send the video bytes through system shared memory (client and server on one host)")
+                     help="send the video bytes through system shared memory (client and server on one host; "
+                          "needs the operator key)")
+    req.add_argument("--admin-key-file", metavar="FILE",
+                     help=f"the server's operator key, for --shm (default: ${admin_access.ENV_KEY}, else the key file "
+                          "of 'vidcls serve' on this host when every --url is local)")
     req.add_argument("--top-k", type=int, default=d.top_k,
                      help="also report the top K classes through Triton's classification extension (0 = no)")
     req.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / 2**20,
@@ -550,7 +572,8 @@ def options_from_args(args: argparse.Namespace) -> ClassifyOptions:
         model=args.model, model_version=args.model_version, timeout=args.timeout or None, shm=args.shm,
         top_k=args.top_k, wait_for_server=args.wait_for_server,
         max_inflight_bytes=int(args.max_inflight_mb * 2**20), evidence=args.evidence,
-        answer_cache=args.answer_cache)
+        answer_cache=args.answer_cache,
+        admin_key=admin_access.client_key(args.admin_key_file, urls) if args.shm else None)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from vidcls import admin_access
 from vidcls.errors import VidclsError
 
 ENV_VAR = "VIDCLS_PERF_ANALYZER"
@@ -125,6 +126,7 @@ class PerfOptions:
     # sends the same few files again and again, which the answer cache would answer after the first.
     parameters: list[tuple[str, str, str]] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    admin_key: str | None = None  # the operator key: --shared-memory system registers regions
 
 
 def build_command(binary: Path, opts: PerfOptions, input_json: str | os.PathLike, csv_path: str | os.PathLike) -> list[str]:
@@ -141,6 +143,11 @@ def build_command(binary: Path, opts: PerfOptions, input_json: str | os.PathLike
         cmd += ["-x", opts.model_version]
     for name, value, kind in opts.parameters:
         cmd += ["--request-parameter", f"{name}:{value}:{kind}"]
+    if opts.admin_key:
+        # -H says "HTTP" in perf_analyzer's help, but 2.50 sends it as gRPC metadata too (checked
+        # against a restricted server: shared memory registered with it, refused without).
+        for name, value in admin_access.grpc_headers(opts.admin_key).items():
+            cmd += ["-H", f"{name}:{value}"]
     if opts.ssl or opts.root_cert:
         cmd += ["--ssl-grpc-use-ssl", "true"]
         for flag, value in (("--ssl-grpc-root-certifications-file", opts.root_cert),
@@ -168,6 +175,8 @@ def failure_line(log_text: str, returncode: int, log_path: str | os.PathLike) ->
     """One line for a failed perf_analyzer run: its last message and, for the failures a user can
     do something about, what to change."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    if any(admin_access.refused(ln) for ln in lines):
+        return f"{admin_access.refusal('perf_analyzer (statistics, shared memory)')}; log: {log_path}"
     if any(UNSTABLE in ln for ln in lines):
         return (f"perf_analyzer found no stable measurement (throughput or latency varied more than "
                 f"--stability-percentage between its windows, as on a busy machine): raise "

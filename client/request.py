@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vidcls import admin_access
 from vidcls.client import evidence
 from vidcls.config import VidclsConfig
 
@@ -49,6 +50,7 @@ class RequestOptions:
     top_k: int = 0
     evidence: int = 0  # > 0: also ask for the evidence outputs, keep this many top moments
     answer_cache: bool = True  # False: ask the server to classify the file anew
+    admin_key: str | None = None  # the operator key: registering shared memory needs it (vidcls.admin_access)
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def error_kind(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
         msg = exc.message() or str(exc)
+        if admin_access.refused(msg):  # UNAVAILABLE, but no retry brings the key
+            return "rejected", admin_access.refusal("a call for the server's operator"), status
         if status in TRANSIENT_CODES:
             return "transient", msg, status
         if status in TIMEOUT_CODES:
@@ -186,10 +190,11 @@ class _ShmRegion:
     """A system shared-memory region holding one file's bytes, registered with one server for the
     duration of one request (a restarted server forgets registrations, so none outlives it)."""
 
-    def __init__(self, client, data: bytes):
+    def __init__(self, client, data: bytes, key: str | None = None):
         from tritonclient.utils import shared_memory as shm
 
         self._shm, self._client = shm, client
+        self._headers = admin_access.grpc_headers(key)
         n = next(_region_ids)
         self.name = f"vidcls_{os.getpid()}_{n}_{os.urandom(3).hex()}"
         self.size = max(1, len(data))
@@ -202,14 +207,16 @@ class _ShmRegion:
         # Marked first: a call that fails on our side (a deadline, a cancelled task) may still have
         # registered the region on the server, and release() must then unregister it.
         self._registered = True
-        await self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+        await self._client.register_system_shared_memory(self.name, f"/{self.name}", self.size,
+                                                         headers=self._headers)
 
     async def release(self) -> None:
         try:
             if self._registered:
                 # A busy server can take seconds to answer: a short deadline here left regions
                 # registered (and their names held) on a loaded machine.
-                await self._client.unregister_system_shared_memory(self.name, client_timeout=UNREGISTER_TIMEOUT_S)
+                await self._client.unregister_system_shared_memory(self.name, headers=self._headers,
+                                                                   client_timeout=UNREGISTER_TIMEOUT_S)
         except Exception:
             pass  # the server went away (it forgot the region already) or never had it
         finally:
@@ -238,7 +245,7 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
     region = None
     try:
         if opts.shm:
-            region = _ShmRegion(client, data)
+            region = _ShmRegion(client, data, opts.admin_key)
             await region.register()
             video.set_shared_memory(region.name, len(data))
         else:
@@ -253,7 +260,7 @@ async def infer_video(client, data: bytes, opts: RequestOptions) -> Prediction:
         result = await client.infer(opts.model, [video], model_version=opts.model_version, outputs=outputs,
                                     client_timeout=opts.timeout, parameters=parameters)
     except Exception as exc:
-        if region is not None and "shared memory" in str(exc).lower():
+        if region is not None and "shared memory" in str(exc).lower() and not admin_access.refused(exc):
             # A server restarted between register and infer forgets the region: try again.
             raise RequestError("transient", str(exc)) from exc
         raise

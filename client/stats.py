@@ -12,18 +12,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from vidcls.admin_access import grpc_headers
+
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
 def fetch_statistics(url: str, ssl: bool = False, root_cert: str | None = None, client_cert: str | None = None,
-                     client_key: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
-    """All models' statistics as JSON (the gRPC statistics API)."""
+                     client_key: str | None = None, timeout: float = 30.0,
+                     admin_key: str | None = None) -> dict[str, Any]:
+    """All models' statistics as JSON (the gRPC statistics API; servers started by vidcls keep
+    it for requests with the operator key ``admin_key``)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_cert, private_key=client_key,
                                               certificate_chain=client_cert)
     try:
-        return client.get_inference_statistics(model_name="", as_json=True, client_timeout=timeout)
+        return client.get_inference_statistics(model_name="", headers=grpc_headers(admin_key), as_json=True,
+                                               client_timeout=timeout)
     finally:
         client.close()
 

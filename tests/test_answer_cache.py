@@ -63,11 +63,14 @@ def test_cache_parameter_and_pipeline_errors():
 
 
 # ---- the real server ---------------------------------------------------------------------------------
-def _pipeline_runs(url, config) -> int:
+def _pipeline_runs(server, config) -> int:
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(url) as client:
-        stats = client.get_inference_statistics(config.serving.probe, as_json=True)["model_stats"]
+    from vidcls.admin_access import grpc_headers
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        stats = client.get_inference_statistics(config.serving.probe, headers=grpc_headers(server.admin_key),
+                                                as_json=True)["model_stats"]
     # Requests that entered the pipeline (its first step), answered with a result or an error.
     return sum(int(m["inference_stats"].get(k, {}).get("count", 0)) for m in stats for k in ("success", "fail"))
 
@@ -94,19 +97,19 @@ def test_repeated_file_is_answered_from_the_cache_and_other_files_never_share_it
         assert not isinstance(result, Exception), result
         return result.as_numpy(s.probabilities)[0]
 
-    runs = _pipeline_runs(url, serving_config)
+    runs = _pipeline_runs(triton_server, serving_config)
     want = reference_pipeline.classify(first)
     np.testing.assert_allclose(answer(first), want, atol=ATOL, rtol=0)
-    assert _pipeline_runs(url, serving_config) == runs + 1
+    assert _pipeline_runs(triton_server, serving_config) == runs + 1
     again = answer(data)  # the same bytes: from the cache, the pipeline does not run
-    assert _pipeline_runs(url, serving_config) == runs + 1
+    assert _pipeline_runs(triton_server, serving_config) == runs + 1
     np.testing.assert_array_equal(again, answer(first, answer_cache=False))  # ... and it is the pipeline's answer
-    assert _pipeline_runs(url, serving_config) == runs + 2  # asked off: the pipeline ran
+    assert _pipeline_runs(triton_server, serving_config) == runs + 2  # asked off: the pipeline ran
 
     np.testing.assert_allclose(answer(other), reference_pipeline.classify(other), atol=ATOL, rtol=0)
-    assert _pipeline_runs(url, serving_config) == runs + 3
+    assert _pipeline_runs(triton_server, serving_config) == runs + 3
     (near,) = _send_concurrently(url, serving_config, [flipped])
-    assert _pipeline_runs(url, serving_config) == runs + 4  # one byte apart: not the cached answer
+    assert _pipeline_runs(triton_server, serving_config) == runs + 4  # one byte apart: not the cached answer
     if not isinstance(near, Exception):  # whatever the damaged picture decodes to, it is its own answer
         np.testing.assert_allclose(near.as_numpy(s.probabilities)[0], reference_pipeline.classify(flipped),
                                    atol=ATOL, rtol=0)
@@ -117,9 +120,9 @@ def test_repeated_file_is_answered_from_the_cache_and_other_files_never_share_it
 def test_identical_requests_in_flight_run_the_pipeline_once(triton_server, serving_config, video_factory):
     s, url = serving_config.serving, triton_server.grpc_url
     video = video_factory("cache_flight.mp4", n=60, size=(160, 120), seed=23)
-    runs = _pipeline_runs(url, serving_config)
+    runs = _pipeline_runs(triton_server, serving_config)
     results = _send_concurrently(url, serving_config, [video] * 4)
-    assert _pipeline_runs(url, serving_config) == runs + 1
+    assert _pipeline_runs(triton_server, serving_config) == runs + 1
     probs = [r.as_numpy(s.probabilities)[0] for r in results]
     assert all(np.array_equal(p, probs[0]) for p in probs)
 
@@ -162,7 +165,7 @@ def test_errors_pass_through_with_their_code_and_are_not_stored(triton_server, s
 
     url = triton_server.grpc_url
     garbage = np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8).tobytes()
-    runs = _pipeline_runs(url, serving_config)
+    runs = _pipeline_runs(triton_server, serving_config)
     results = []
     for _ in range(2):
         (result,) = _send_concurrently(url, serving_config, [garbage])
@@ -171,7 +174,7 @@ def test_errors_pass_through_with_their_code_and_are_not_stored(triton_server, s
         assert isinstance(result, InferenceServerException), result
         assert result.status() == "StatusCode.INVALID_ARGUMENT", result.status()
         assert result.message().startswith("not_a_video: "), result.message()
-    assert _pipeline_runs(url, serving_config) == runs + 2  # the second was not answered from a cache
+    assert _pipeline_runs(triton_server, serving_config) == runs + 2  # the second was not answered from a cache
 
 
 @pytest.mark.server
@@ -193,9 +196,9 @@ def test_cache_off_in_the_config_sends_every_request_through(cpu_repository, ser
     server = next(gen)
     try:
         for _ in range(2):
-            runs = _pipeline_runs(server.grpc_url, serving_config)
+            runs = _pipeline_runs(server, serving_config)
             (result,) = _send_concurrently(server.grpc_url, serving_config, [h264_video])
             assert not isinstance(result, Exception), result
-            assert _pipeline_runs(server.grpc_url, serving_config) == runs + 1
+            assert _pipeline_runs(server, serving_config) == runs + 1
     finally:
         gen.close()

@@ -104,10 +104,10 @@ def test_statistics_diff_finds_the_bottleneck():
 
 
 @pytest.mark.server
-def test_bench_against_cpu_server(triton_server, client_videos, tmp_path):
+def test_bench_against_cpu_server(triton_server, admin_key_file, client_videos, tmp_path):
     out = tmp_path / "bench"
     videos = [str(p) for p in client_videos["good"]]
-    rc = cli_main(["bench", "--url", triton_server.grpc_url, *videos, "-o", str(out),
+    rc = cli_main(["bench", "--url", triton_server.grpc_url, *videos, "-o", str(out), "--admin-key-file", str(admin_key_file),
                    "--concurrency-range", "1:2", "--measurement-mode", "count_windows",
                    "--measurement-request-count", "4",
                    "--stability-percentage", "1000", "--max-trials", "3"])
@@ -141,10 +141,11 @@ def test_perf_analyzer_runs_as_typed():
 
 
 @pytest.mark.server
-def test_unstable_measurement_says_what_to_change(triton_server, client_videos, tmp_path, capfd):
+def test_unstable_measurement_says_what_to_change(triton_server, admin_key_file, client_videos, tmp_path, capfd):
     """A stability threshold no machine meets: perf_analyzer gives up, and the one line says which
     options to change."""
     rc = cli_main(["bench", "--url", triton_server.grpc_url, str(client_videos["good"][1]), "-o", str(tmp_path),
+                   "--admin-key-file", str(admin_key_file),
                    "--concurrency-range", "1:1", "--measurement-mode", "count_windows",
                    "--measurement-request-count", "2", "--stability-percentage", "0.0001", "--max-trials", "3"])
     err = capfd.readouterr().err.strip().splitlines()

@@ -364,7 +364,8 @@ def test_jsonl_output_with_top_k(triton_server, grpc_infer, serving_config, clie
 def test_shared_memory_gives_identical_results(triton_server, client_videos, tmp_path):
     paths = [str(p) for p in client_videos["good"]] + [str(client_videos["fake"])]
     plain = classify_paths(paths, triton_server.grpc_url, output=str(tmp_path / "plain.csv"), progress=False)
-    shm = classify_paths(paths, triton_server.grpc_url, output=str(tmp_path / "shm.csv"), shm=True, progress=False)
+    shm = classify_paths(paths, triton_server.grpc_url, output=str(tmp_path / "shm.csv"), shm=True, progress=False,
+                         admin_key=triton_server.admin_key)
     def strip(rows):
         return sorted((r["path"], r["class"], *(r[c] for c in ("Animation", "Flat_Content", "Gaming",
                                                                "Natural_Content")), r["error"]) for r in rows)
@@ -374,8 +375,10 @@ def test_shared_memory_gives_identical_results(triton_server, client_videos, tmp
     # Every region was unregistered again.
     import tritonclient.grpc as grpcclient
 
+    from vidcls.admin_access import grpc_headers
+
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as c:
-        status = c.get_system_shared_memory_status(as_json=True)
+        status = c.get_system_shared_memory_status(headers=grpc_headers(triton_server.admin_key), as_json=True)
     assert not status.get("regions")
 
 

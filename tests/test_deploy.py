@@ -1,6 +1,8 @@
 """Deployment artefacts validate offline: Dockerfiles (hadolint + parse checks), the compose file
 (compose-spec JSON schema), the Kubernetes manifests (kubernetes-validate, strict), and the GPU
 memory budget of vidcls.deploy_budget (default config fits a 10 GB MIG slice with headroom).
+Security: every artefact starts tritonserver through the operator-key wrapper with a key from a
+variable or a Secret, publishes only what it must, and the NetworkPolicy and TLS overlay hold.
 
 Fast and network-free: no Docker engine, no cluster, no GPU.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vidcls import admin_access
 from vidcls import deploy_budget as db
 from vidcls.config import VidclsConfig
 
@@ -245,7 +248,7 @@ def test_k8s_base_validates():
         for doc in docs:
             _k8s_validate(doc)
             kinds.add(doc["kind"])
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
 
 
 def test_k8s_validation_is_live():
@@ -264,8 +267,10 @@ def _json_patch(doc: dict, ops: list[dict]) -> dict:
         parent = doc
         for p in parts[:-1]:
             parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-        key = int(parts[-1]) if isinstance(parent, list) else parts[-1]
-        if op["op"] == "remove":
+        key = (len(parent) if parts[-1] == "-" else int(parts[-1])) if isinstance(parent, list) else parts[-1]
+        if op["op"] == "add" and isinstance(parent, list):
+            parent.insert(key, op["value"])
+        elif op["op"] == "remove":
             del parent[key]
         elif op["op"] in ("add", "replace"):
             if op["op"] == "replace":
@@ -318,7 +323,7 @@ def test_k8s_deployment_contract():
     assert shm["emptyDir"]["medium"] == "Memory"
     size = shm["emptyDir"]["sizeLimit"]
     assert int(size.rstrip("Gi")) * 1024 ** 3 >= db.shm_budget_bytes(VidclsConfig())
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -353,6 +358,83 @@ def test_k8s_podmonitor_structure():
     dep = _base()["deployment.yaml"][0]
     assert pm["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+# ---- security ----------------------------------------------------------------------------------
+WRAPPER = ["python3", "-m", "vidcls.admin_access", "exec", "--", "tritonserver"]
+
+
+def test_image_starts_tritonserver_through_the_operator_key_wrapper():
+    ins = _instructions(DOCKER / "Dockerfile.triton")
+    (cmd,) = [json.loads(a) for w, a in ins if w == "CMD"]
+    assert cmd[:len(WRAPPER)] == WRAPPER, cmd
+    assert not [a for w, a in ins if w == "ENTRYPOINT"], "the base image's entrypoint runs the CMD"
+    assert "VIDCLS_ADMIN_KEY" not in " ".join(a for w, a in ins if w in ("ENV", "ARG")), "no key in the image"
+
+
+def test_compose_needs_a_key_and_publishes_metrics_on_loopback_only():
+    doc = _compose()
+    for name, svc in _triton_services(doc).items():
+        assert "command" not in svc and "entrypoint" not in svc, f"{name}: the image's command is the wrapper"
+        key = svc["environment"][admin_access.ENV_KEY]
+        assert re.fullmatch(r"\$\{VIDCLS_ADMIN_KEY:\?.+\}", key), f"{name}: no start without a key ({key})"
+        published = {p.rsplit(":", 1)[1]: p.rsplit(":", 1)[0] for p in svc["ports"]}
+        assert published["8002"].startswith("127.0.0.1:"), published
+        for port in ("8000", "8001"):
+            assert published[port].startswith("${VIDCLS_PUBLISH_ADDRESS:-127.0.0.1}:"), published
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example[admin_access.ENV_KEY] == "", "no key value in the example: every deployment makes its own"
+
+
+def test_k8s_starts_through_the_wrapper_with_the_key_from_a_secret():
+    docs = [d for ds in _base().values() for d in ds]
+    assert not [d for d in docs if d["kind"] == "Secret"], "no key in the repository: the operator makes the Secret"
+    c = _base()["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in c and c["args"][:len(WRAPPER)] == WRAPPER
+    (env,) = [e for e in c["env"] if e["name"] == admin_access.ENV_KEY]
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "vidcls-admin-key" and ref["key"] and not ref.get("optional", False)
+    for overlay in ("nvdec", "tls"):
+        dep = next(d for d in _render_overlay(overlay) if d["kind"] == "Deployment")
+        assert dep["spec"]["template"]["spec"]["containers"][0]["args"][:len(WRAPPER)] == WRAPPER
+
+
+def test_k8s_network_policy_admits_only_clients_and_monitoring():
+    dep = _base()["deployment.yaml"][0]
+    (pol,) = _base()["networkpolicy.yaml"]
+    _k8s_validate(pol)
+    spec = pol["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"} and not spec.get("egress"), "no egress at all"
+    named = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    by_port = {}
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without 'from' admits everyone"
+        for port in rule["ports"]:
+            assert port["port"] in named
+            by_port.setdefault(port["port"], []).extend(rule["from"])
+    assert set(by_port) == {"grpc", "http", "metrics"}
+    for name in ("grpc", "http"):
+        for peer in by_port[name]:
+            assert peer["podSelector"]["matchLabels"] == {"vidcls-triton-client": "true"}, peer
+    assert by_port["metrics"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_k8s_tls_overlay_serves_grpc_with_the_mounted_certificate():
+    docs = _render_overlay("tls")
+    for doc in docs:
+        _k8s_validate(doc)
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    flags = dict(a.split("=", 1) for a in c["args"] if a.startswith("--grpc-") and "=" in a)
+    assert flags["--grpc-use-ssl"] == "true"
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "grpc-tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "grpc-tls"]
+    assert volume["secret"]["secretName"] == "vidcls-triton-tls" and mount["readOnly"]
+    assert flags["--grpc-server-cert"] == f"{mount['mountPath']}/tls.crt"
+    assert flags["--grpc-server-key"] == f"{mount['mountPath']}/tls.key"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key is not readable by others"
 
 
 # ---- GPU memory budget -----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 - ``vidcls serve`` / TritonServer bind to 127.0.0.1 unless told otherwise, and the running server
   listens on loopback only;
-- model control mode stays ``none``: remote load/unload is refused over HTTP and gRPC;
+- model control mode stays ``none``: remote load/unload is refused over HTTP and gRPC, also with
+  the operator key (the admin protocols themselves: tests/test_admin_protocols.py);
 - nothing is ever fully unpickled: ``torch.load`` only with ``weights_only=True`` (the reference
   checkpoint import too; its own tests are in tests/test_import_checkpoint.py), no ``pickle`` /
   ``dill`` / ``joblib`` / ``np.load(allow_pickle=True)`` anywhere, and a booby-trapped pickle
@@ -98,22 +99,30 @@ def test_running_server_listens_on_loopback_only(triton_server):
 
 @pytest.mark.server
 def test_remote_model_load_and_unload_are_refused(triton_server, serving_config):
+    """Two locks: the model-repository protocol needs the operator key, and even with the key model
+    control mode 'none' refuses to load or unload."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    from vidcls.admin_access import grpc_headers, http_headers, refused
+
     ensemble = serving_config.serving.ensemble
-    for action in ("unload", "load"):
-        req = urllib.request.Request(f"http://{triton_server.http_url}/v2/repository/models/{ensemble}/{action}",
-                                     data=b"{}", method="POST", headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(req, timeout=30)
-        body = err.value.read().decode(errors="replace")
-        assert err.value.code >= 400 and "not allowed" in body.lower(), body
+    for key, expected in ((None, "restricted"), (triton_server.admin_key, "not allowed")):
+        for action in ("unload", "load"):
+            req = urllib.request.Request(f"http://{triton_server.http_url}/v2/repository/models/{ensemble}/{action}",
+                                         data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json", **http_headers(key)})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            body = err.value.read().decode(errors="replace")
+            assert err.value.code >= 400 and expected in body.lower(), body
+            assert refused(body) == (key is None)
+        with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+            for call in (client.unload_model, client.load_model):
+                with pytest.raises(InferenceServerException) as err:
+                    call(serving_config.serving.decode, headers=grpc_headers(key))
+                assert expected in err.value.message().lower()
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
-        for call in (client.unload_model, client.load_model):
-            with pytest.raises(InferenceServerException) as err:
-                call(serving_config.serving.decode)
-            assert "not allowed" in err.value.message().lower()
         assert client.is_model_ready(ensemble) and client.is_model_ready(serving_config.serving.decode)
         assert client.is_server_ready()
 

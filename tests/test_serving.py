@@ -109,8 +109,10 @@ def test_requests_are_batched_server_side(triton_server, serving_config, concurr
 
     # Files answered before: the pipeline must see them anyway to batch them.
     _send_concurrently(triton_server.grpc_url, serving_config, concurrent_videos * 2, answer_cache=False)
+    from vidcls.admin_access import grpc_headers
+
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
-        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+        stats = client.get_inference_statistics(headers=grpc_headers(triton_server.admin_key), as_json=True)["model_stats"]
     batched = {m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
                for m in stats if int(m.get("execution_count", 0)) < int(m.get("inference_count", 0))}
     assert batched, f"no model batched requests: {stats}"
@@ -245,12 +247,9 @@ def test_vidcls_serve_prints_addresses_and_stops_on_sigterm(cpu_repository, serv
                              "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("ready"):
-                break
-        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        from tests.fixtures.serving import lines_until_ready
+
+        lines = lines_until_ready(proc)
         assert f"log: {tmp_path / 'serve.log'}" in lines[0] and (tmp_path / "serve.log").stat().st_size > 0
         grpc_url = lines[-1].split()[2]
         assert grpc_url.startswith("127.0.0.1:")

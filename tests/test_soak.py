@@ -24,7 +24,7 @@ MAX_GROWTH_MB = 128.0
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_short_soak_has_no_failures_and_bounded_memory(triton_server, tmp_path):
+def test_short_soak_has_no_failures_and_bounded_memory(triton_server, admin_key_file, tmp_path):
     from vidcls.client.perf import PerfError, find_perf_analyzer
 
     try:
@@ -34,7 +34,8 @@ def test_short_soak_has_no_failures_and_bounded_memory(triton_server, tmp_path):
     out = tmp_path / "soak"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--short", "--url", triton_server.grpc_url,
-         "--pid", str(triton_server.pid), "--out", str(out), "--work", str(tmp_path / "work"),
+         "--pid", str(triton_server.pid), "--admin-key-file", str(admin_key_file),
+         "--out", str(out), "--work", str(tmp_path / "work"),
          "--max-rss-growth-mb", str(MAX_GROWTH_MB)],
         capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert (out / "soak.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -45,6 +45,7 @@ def test_two_videos_share_one_temporal_execution(cpu_repository, serving_config,
     import tritonclient.grpc as grpcclient
 
     from tests.fixtures.serving import running_server
+    from vidcls.admin_access import grpc_headers
     from vidcls.export.repository import build_repository
 
     repo = tmp_path_factory.mktemp("throughput") / "repo"
@@ -57,7 +58,7 @@ def test_two_videos_share_one_temporal_execution(cpu_repository, serving_config,
     gen = running_server(repo, tmp_path_factory, name="throughput")
     server = next(gen)
     def counts(client, name):
-        (m,) = client.get_inference_statistics(name, as_json=True)["model_stats"]
+        (m,) = client.get_inference_statistics(name, headers=grpc_headers(server.admin_key), as_json=True)["model_stats"]
         return np.array([int(m["inference_count"]), int(m["execution_count"])])
 
     try:

@@ -15,8 +15,10 @@ files stay untouched and several servers can share one copy.
 ``vidcls serve`` uses Triton's usual ports instead (gRPC 8001, HTTP 8000, metrics 8002; 0 = a free
 port), checks them before starting, and reports a failed start as one line with its cause.
 
-Security defaults: binds to 127.0.0.1 and keeps ``--model-control-mode none`` (no remote
-load/unload) unless told otherwise.
+Security defaults: binds to 127.0.0.1, keeps ``--model-control-mode none`` (no remote
+load/unload) unless told otherwise, and restricts the admin protocols (shared memory, model
+repository, statistics, trace, logging) to requests carrying the operator key
+(:mod:`vidcls.admin_access`; docs/security.md).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from vidcls import admin_access
 from vidcls.arguments import existing_dir, port
 from vidcls.errors import VidclsError
 
@@ -190,13 +193,18 @@ class TritonServer:
     prefix for the python backend's /dev/shm regions: readiness counts only when the answer comes
     from this server (not from another one on the same port), and :meth:`stop` removes exactly
     the regions this server's stubs left behind, whatever way it ended.
+
+    The admin protocols answer only requests with ``admin_key`` (a new random key when None):
+    ``vidcls.admin_access.grpc_headers(server.admin_key)`` / ``http_headers(...)`` make the headers.
     """
 
     def __init__(self, repo: str | Path, grpc_port: int | None = None, http_port: int | None = None,
                  metrics_port: int | None = None, host: str = "127.0.0.1", extra_args: Sequence[str] = (),
                  log_path: str | Path | None = None, log_verbose: int = 0,
-                 model_control_mode: str = "none", ready_timeout: float = READY_TIMEOUT_S):
+                 model_control_mode: str = "none", ready_timeout: float = READY_TIMEOUT_S,
+                 admin_key: str | None = None):
         self.repo = Path(repo).resolve()
+        self.admin_key = admin_key or admin_access.new_key()
         self.host = host
         self.grpc_port, self.http_port, self.metrics_port = grpc_port or None, http_port or None, metrics_port or None
         self.extra_args = list(extra_args)
@@ -257,7 +265,7 @@ class TritonServer:
             f"--grpc-infer-allocation-pool-size={GRPC_ALLOCATION_POOL_SIZE}",
             f"--log-verbose={self.log_verbose}",
         ]
-        return args + self.extra_args
+        return args + admin_access.server_args(self.admin_key) + self.extra_args
 
     def environment(self) -> dict[str, str]:
         _, libs, _ = _pytriton_dirs()
@@ -539,6 +547,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'none' forbids remote model load/unload")
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
                         help="seconds to wait for every model to load")
+    parser.add_argument("--admin-key-file", default=None, metavar="FILE",
+                        help="the operator key that shared memory, model repository, statistics, trace and logging "
+                             f"need (made when missing; default: ${admin_access.ENV_KEY}, else "
+                             f"${admin_access.ENV_KEY_FILE} or ~/.config/vidcls/admin.key)")
     tls = parser.add_argument_group("gRPC TLS (passed to tritonserver)")
     tls.add_argument("--grpc-use-ssl", action="store_true", help="serve gRPC over TLS")
     tls.add_argument("--grpc-use-ssl-mutual", action="store_true", help="require client certificates")
@@ -585,7 +597,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     server.preflight()
+    server.admin_key, key_source = admin_access.server_key(args.admin_key_file)
     print(f"starting tritonserver on {server.repo} (log: {server.log_path})", flush=True)
+    print(f"operator key: {key_source}; clients pass it for shared memory and statistics (--admin-key-file FILE "
+          f"or ${admin_access.ENV_KEY})", flush=True)
     try:
         server.start()
         print(f"ready  gRPC {server.grpc_url}  HTTP http://{server.http_url}  metrics {server.metrics_url}"
