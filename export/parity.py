@@ -181,6 +181,17 @@ def check_temporal(model, onnx_path, config: VidclsConfig, lengths: Iterable[int
                     lambda ref: 1.0, output_names=(s.probs, s.attention))
 
 
+def synthetic_frames(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8 frames of ``shape`` (..., H, W, 3) for checking a backbone graph: smooth gradients +
+    noise rather than pure noise, closer to video frames, and BatchNorm'd activations stay in
+    their usual range instead of saturating."""
+    h, w = shape[-3], shape[-2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 127 // max(h + w - 2, 1)], -1)
+    frames = base + rng.integers(-40, 41, size=shape)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
 def check_backbone(backbone, onnx_path, config: VidclsConfig, batches: Iterable[int] = BACKBONE_BATCHES,
                    tolerance: float = FEATURES_RTOL, session=None, seed: int = 0) -> ParityReport:
     """Features of ``backbone`` (uint8 frames in) vs the ONNX graph for each frame count."""
@@ -192,13 +203,7 @@ def check_backbone(backbone, onnx_path, config: VidclsConfig, batches: Iterable[
     shapes = [(b, s, s, 3) for b in batches]
 
     def make_input(shape):
-        # Smooth gradients + noise rather than pure noise: closer to video frames, and it keeps
-        # BatchNorm'd activations in their usual range instead of saturating.
-        n, h, w, _ = shape
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 127 // max(h + w - 2, 1)], -1)
-        frames = base[None] + rng.integers(-40, 41, size=(n, h, w, 3))
-        return np.clip(frames, 0, 255).astype(np.uint8)
+        return synthetic_frames(rng, shape)
 
     @torch.inference_mode()
     def torch_fn(x):

@@ -133,6 +133,12 @@ def test_accelerator_check_catches_what_the_backend_would_misread(tmp_path):
     problems = bc.check_accelerators(cfg)
     assert any("cudnn_conv_algo_search='0'" in p for p in problems)
     assert any("no parameter 'precision'" in p for p in problems)
+    # Keys the backend takes and TensorRT 11 ignores (strongly typed networks) are refused too.
+    cfg = text_format.Parse('''name: "m" optimization { execution_accelerators { gpu_execution_accelerator {
+        name: "tensorrt" parameters { key: "precision_mode" value: "FP16" }
+        parameters { key: "trt_layer_norm_fp32_fallback" value: "1" } } } }''', model_config_pb2.ModelConfig())
+    problems = bc.check_accelerators(cfg)
+    assert len(problems) == 2 and all("does nothing with TensorRT 11" in p for p in problems), problems
 
 
 # ---- TensorRT parser: node types of the exported graphs ------------------------------------------
