@@ -541,6 +541,17 @@ def test_dashboard_structure():
                 cells.add((x, y))
 
 
+def test_video_decoding_panel_has_a_measure_on_mig_slices():
+    """DCGM publishes no decoder utilization on MIG: the panel must also chart something that every
+    slice reports (here: a metric that is not GPU-only, i.e. one the real CPU server's scrape has)."""
+    (panel,) = [p for p in _panels(_dashboard()) if "NVDEC" in p["title"]]
+    gpu_only = _gpu_only_metrics()
+    per_target = [_queried_metrics(t["expr"]) for t in panel["targets"]]
+    assert any(m == {"DCGM_FI_DEV_DEC_UTIL"} for m in per_target)
+    assert any(m and not m & gpu_only for m in per_target), per_target
+    assert "MIG" in panel["description"]
+
+
 def test_dashboard_query_check_is_live():
     with pytest.raises(Exception):
         _queried_metrics("sum by (model) (rate(nv_inference_count[$__rate_interval])")  # unbalanced

@@ -66,6 +66,31 @@ def test_docs_name_the_release_and_its_components():
             assert version in text, f"{doc}: {component} {version}"
 
 
+def test_no_other_version_of_the_image_components_is_named_anywhere():
+    """A version of DALI, ONNX Runtime or TensorRT written in the docs, the code or the
+    Docker/packaging files is the pinned one: a full version must equal it, and for DALI and
+    TensorRT no version newer than the pin may be named (older ones are history: "frame selection
+    arrived in DALI 1.48"). A stale "DALI 2.4" once outlived the pin."""
+    pattern = re.compile(r"(?P<what>DALI|nvidia-dali-cuda1\d+|ONNX Runtime|onnxruntime|TensorRT)[ =]+"
+                         r"(?P<version>\d+\.\d+(?:\.\d+){0,2})\b")
+    pinned = {"DALI": si.DALI_VERSION, "ONNX Runtime": si.ONNXRUNTIME_VERSION, "TensorRT": si.TENSORRT_VERSION}
+    files = [ROOT / "README.md", ROOT / "pyproject.toml", *ROOT.glob("docs/*.md"), *ROOT.glob("docker/*"),
+             *ROOT.glob("deploy/**/*.yaml"), *ROOT.glob("vidcls/**/*.py"), *ROOT.glob("export/*.py"),
+             *ROOT.glob("training/*.py"), *ROOT.glob("client/*.py"), *ROOT.glob("benchmarks/*.py")]
+    stale = []
+    for path in files:
+        if not path.is_file():
+            continue
+        for m in pattern.finditer(path.read_text(errors="replace")):
+            what = {"onnxruntime": "ONNX Runtime"}.get(m["what"], "DALI" if m["what"].startswith("nvidia-dali") else m["what"])
+            got = tuple(int(x) for x in m["version"].split("."))
+            want = tuple(int(x) for x in pinned[what].split("."))
+            newer = what != "ONNX Runtime" and got[:2] > want[:2]
+            if newer or (len(got) >= 3 and got[:2] == want[:2] and got != want[:len(got)]):
+                stale.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert stale == []
+
+
 # ---- the image build's version check, run on fake image trees ------------------------------------
 def _fake_image(root, dali="2.2.0", ort="1.28.0", trt="11.2.1.2", trt_lib=None, missing=()):
     """A tree laid out like the Triton image where the check looks (IMAGE_ROOT)."""
