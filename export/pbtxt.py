@@ -92,8 +92,9 @@ def _ort_accelerators(config: VidclsConfig, role: str) -> dict:
 
     Graph optimization level 1 (ONNX Runtime's "extended": every fusion the CUDA EP uses) instead
     of the backend's default "all", which adds the CPU provider's NCHWc layout transformer: in
-    ONNX Runtime 1.28 that transformer aborts the session on the FP16 temporal graphs
-    (tests/test_fp16.py), and on a GPU it could only touch the few nodes left on the CPU."""
+    ONNX Runtime 1.28 that transformer crashes the process on an FP16 Transpose it is given (the
+    FP16 temporal graphs on the CPU provider; measured, tests/test_fp16.py). On a GPU it sees
+    only nodes left on the CPU, and the layout passes it brings are CPU-only anyway."""
     from vidcls.export.tensorrt import ort_cuda_accelerator, ort_gpu_accelerators
 
     s = config.serving

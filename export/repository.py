@@ -231,9 +231,17 @@ def _served_precision(fp32: Path, out: Path, config: VidclsConfig, role: str, pr
     """``out`` = the gpu target's served graph from the FP32 graph ``fp32``: FP16 mixed precision
     (converted and checked by vidcls.export.fp16) or the FP32 graph itself."""
     if precision == "fp16":
-        from vidcls.export.fp16 import write_fp16
+        from vidcls.errors import VidclsError
+        from vidcls.export.fp16 import ConversionError, write_fp16
+        from vidcls.export.parity import ParityError
 
-        write_fp16(fp32, out, config, role)
+        try:
+            write_fp16(fp32, out, config, role)
+        except (ConversionError, ParityError) as exc:
+            why = (f"the FP16 graph differs from the FP32 graph by {exc.report.worst:.3g} (tolerance "
+                   f"{exc.report.tolerance:g})" if isinstance(exc, ParityError) else str(exc))
+            raise VidclsError(f"the {role} graph cannot be served in FP16: {why}; export it with --precision fp32, "
+                              "or keep more op types in FP32 (serving.fp16_fp32_ops)") from exc
     else:
         shutil.copyfile(fp32, out)
 

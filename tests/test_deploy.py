@@ -473,6 +473,15 @@ def test_deployment_doc_shows_the_current_budget():
             for decode in ("dali", "cpu"):
                 total = db.compute_budget(_precision(VidclsConfig(), precision), backend, decode).total_mib
                 assert f"| {precision} | {decode} | {total:.0f} |" in doc, (precision, backend, decode, round(total))
+    # The slice table (section 1) and the README quote the same totals.
+    readme = (ROOT / "README.md").read_text()
+    for precision in ("fp16", "fp32"):
+        for decode in ("dali", "cpu"):
+            trt, ort = (db.compute_budget(_precision(VidclsConfig(), precision), b, decode).total_mib
+                        for b in ("tensorrt", "onnxruntime"))
+            assert f"{trt:.0f} / {ort:.0f} MiB" in doc, (precision, decode)
+            if precision == "fp16" and decode == "dali":
+                assert f"{trt:.0f} MiB with TensorRT, {ort:.0f} MiB with ONNX Runtime" in readme
     assert db.format_table(db.compute_budget()).split("\n\n")[0] in doc
     for cmd in ("nvidia-smi -i 0 -mig 1", "nvidia-smi mig", "-cgi", "nvidia-smi -L", "--decode dali",
                 "--decode cpu", "vidcls classify", "vidcls bench", "/v2/health/ready"):
