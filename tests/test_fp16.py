@@ -228,7 +228,7 @@ def test_fp16_pipeline_stays_within_the_gpu_tolerance_on_generated_and_real_clip
 @pytest.mark.slow
 def test_production_size_temporal_model_in_fp16(tmp_path):
     """The 65M-parameter temporal model (random init) at the served lengths: FP16 (emulated) vs FP32.
-    Measured 2026-12-03: worst 5.9e-4 over lengths 5..128, batch 1 and 3 (tolerance 1e-2)."""
+    Measured 2026-12-02: worst 5.9e-4 over lengths 5..128, batch 1 and 3 (tolerance 1e-2)."""
     import torch
 
     from vidcls.export.onnx_export import export_temporal_onnx
