@@ -109,7 +109,8 @@ def temporal_both_ways(onnx_path: Path, work: Path, config: VidclsConfig, repeat
     (the FP32 graph; default ``onnx_path``) on the CPU."""
     import onnxruntime as ort
 
-    from vidcls.export.tensorrt import TRT_PROBS_ATOL, EngineRunner, build_engine
+    from vidcls.export.parity import TRT_PROBS_ATOL
+    from vidcls.export.tensorrt import EngineRunner, build_engine
     from vidcls.ort import make_session
 
     plan = work / "temporal_check.plan"
@@ -236,10 +237,10 @@ def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: 
 
 def fidelity(url: str, config: VidclsConfig, checkpoints: Path, videos: list[Path]) -> dict:
     """Served probabilities vs the PyTorch reference (CPU, FP32) on the same files, against the
-    GPU tolerance of vidcls.export.tensorrt (GPU_SERVED_PROBS_ATOL, GPU_SAME_CLASS_MIN)."""
+    GPU tolerance of vidcls.export.parity (GPU_SERVED_PROBS_ATOL, GPU_SAME_CLASS_MIN)."""
     import tritonclient.grpc as grpcclient
 
-    from vidcls.export.tensorrt import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
+    from vidcls.export.parity import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
     from vidcls.reference import ReferencePipeline
 
     reference = ReferencePipeline.from_checkpoints(checkpoints)

@@ -286,7 +286,7 @@ def check_fp16(fp16_path: str | os.PathLike, fp32_path: str | os.PathLike, confi
     import onnx
 
     from vidcls.export import parity
-    from vidcls.export.tensorrt import TRT_FEATURES_RTOL, TRT_PROBS_ATOL
+    from vidcls.export.parity import TRT_FEATURES_RTOL, TRT_PROBS_ATOL
     from vidcls.ort import make_session
 
     threads = parity.parity_threads()

@@ -44,6 +44,20 @@ FEATURES_RTOL = 1e-4
 # L=9 "works" at 18 and 27), and one longer than any view.
 EXTRA_LENGTHS = (5, 50, 128)
 TEMPORAL_BATCHES = (1, 3)
+# FP16 on the GPU vs FP32 (the gpu target's FP16 graphs, vidcls.export.fp16; TensorRT engines,
+# vidcls.export.tensorrt). Not measured on this project's GPU yet (no GPU on the development
+# machines); on the CPU, the FP16 graphs emulated move the tiny test models' probabilities by
+# ~2e-4 and the production-size temporal model's by ~6e-4 (tests/test_fp16.py). 1e-2 is loose
+# enough for FP16 rounding and still catches what TensorRT gets wrong outright (known wrong BiLSTM
+# cases give differences of 1e-1 and more).
+TRT_PROBS_ATOL = 1e-2
+TRT_FEATURES_RTOL = 2e-2
+# The served gpu pipeline (FP16 graphs, NVDEC decode) against the PyTorch reference on the same
+# files: "equal within 1e-5" holds on the CPU target only. On the GPU: every probability within
+# 1e-2 and the same class on at least 99.5 % of the videos (benchmarks/gpu_bench.py checks both on
+# the GPU, tests/test_fp16.py on the CPU through the FP16 emulation).
+GPU_SERVED_PROBS_ATOL = 1e-2
+GPU_SAME_CLASS_MIN = 0.995
 BACKBONE_BATCHES = (1, 4)
 
 

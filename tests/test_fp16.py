@@ -18,7 +18,7 @@ import pytest
 
 from vidcls.config import PRECISION_RECORD_FILE, VidclsConfig
 from vidcls.export import fp16
-from vidcls.export.tensorrt import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
+from vidcls.export.parity import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
 
 # What the served graphs must compute in FP16 (the heavy ops) and keep in FP32.
 FP16_OPS = {"Conv", "MatMul", "Gemm"}
