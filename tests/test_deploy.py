@@ -405,6 +405,12 @@ def test_budget_reads_the_precision_the_repository_recorded(tiny_checkpoints, tm
         assert res.returncode == 0 and f"precision={precision} (repository {repo})" in res.stdout, res.stdout
     weights = {p: sum(r.weights_mib for r in b.rows) for p, b in budgets.items()}
     assert weights["fp16"] < 0.6 * weights["fp32"]
+    # A repository exported before precision was recorded holds FP32 graphs.
+    legacy = json.loads((tmp_path / "fp16" / "vidcls_config.json").read_text())
+    del legacy["serving"]["gpu_precision"]
+    (tmp_path / "fp16" / "vidcls_config.json").write_text(json.dumps(legacy))
+    (tmp_path / "fp16" / "precision.json").unlink()
+    assert db.read_repository(tmp_path / "fp16")[0].serving.gpu_precision == "fp32"
     res = subprocess.run([sys.executable, "-m", "vidcls.deploy_budget", "--repository", str(tmp_path)],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr

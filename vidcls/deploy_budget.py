@@ -385,6 +385,9 @@ def read_repository(repo) -> tuple[VidclsConfig, str, str, dict | None]:
     if not (repo / REPOSITORY_CONFIG_FILE).is_file():
         raise ValueError(f"{repo} is not a model repository written by 'vidcls export' (no {REPOSITORY_CONFIG_FILE})")
     config = VidclsConfig.load(repo / REPOSITORY_CONFIG_FILE)
+    if "gpu_precision" not in json.loads((repo / REPOSITORY_CONFIG_FILE).read_text()).get("serving", {}):
+        # Exported before the gpu target wrote FP16 graphs (and recorded it): its graphs are FP32.
+        config = config.replace(serving=dataclasses.replace(config.serving, gpu_precision="fp32"))
     sv = config.serving
     backbone = (repo / sv.backbone / "config.pbtxt").read_text()
     decode_cfg = (repo / sv.decode / "config.pbtxt").read_text()
