@@ -12,15 +12,16 @@ so build the plans with the TensorRT of the Triton image: the same NGC release, 
 
 Steps, each printed and written to ``--work``/report.json:
 1. production-size checkpoints (random init) and H.264 + VP9 test clips (as bench_pipeline);
-2. the gpu repository: TensorRT plan for the backbone (FP16 where the TensorRT has the builder
-   flag, FP32 on TensorRT 11; checked against ONNX Runtime FP32 by
+2. the gpu repository: the export's mixed-precision FP16 graphs (TensorRT 11 takes precision from
+   the graph), a TensorRT plan for the backbone (checked against the graph on the CPU by
    ``vidcls.export.tensorrt.build_engine``), the temporal models on ``--temporal-backend``;
 3. the backbone engine alone: frames/s with trtexec when on PATH, and directly through
    ``EngineRunner`` (including the host→device copy of the uint8 frames, as served);
    limit = frames/s / 64 frames per video;
-4. the BiLSTM temporal model both ways, TensorRT plan vs ONNX Runtime CUDA EP: ms per
-   batch at each view length, and each one's largest probability difference from ONNX Runtime
-   CPU FP32 (TensorRT has known slow and wrong BiLSTM cases: use the one that is correct and fast);
+4. the BiLSTM temporal model's FP16 graph both ways, TensorRT plan vs ONNX Runtime CUDA EP: ms
+   per batch at each view length, and each one's largest probability difference from the FP32
+   graph on ONNX Runtime CPU (TensorRT has known slow and wrong BiLSTM cases: use the one that is
+   correct and fast);
 5. Triton with the repository, a perf_analyzer concurrency sweep per settings variant
    (``--variants``: ``default`` or ``key=value,...`` changes of config.serving, e.g. instance
    counts, max_queue_delay_us, backbone_batch), with Triton's per-model statistics;
@@ -102,10 +103,14 @@ def backbone_engine_fps(plan: Path, config: VidclsConfig, seconds: float = 20.0)
 
 
 # ---- 4. BiLSTM: TensorRT vs ONNX Runtime CUDA ------------------------------------------------------------
-def temporal_both_ways(onnx_path: Path, work: Path, config: VidclsConfig, repeats: int = 20) -> dict:
+def temporal_both_ways(onnx_path: Path, work: Path, config: VidclsConfig, repeats: int = 20,
+                       reference_path: Path | None = None) -> dict:
+    """``onnx_path`` (the served graph) on TensorRT and on the CUDA EP against ``reference_path``
+    (the FP32 graph; default ``onnx_path``) on the CPU."""
     import onnxruntime as ort
 
-    from vidcls.export.tensorrt import TRT_PROBS_ATOL, EngineRunner, build_engine
+    from vidcls.export.parity import TRT_PROBS_ATOL
+    from vidcls.export.tensorrt import EngineRunner, build_engine
     from vidcls.ort import make_session
 
     plan = work / "temporal_check.plan"
@@ -121,7 +126,7 @@ def temporal_both_ways(onnx_path: Path, work: Path, config: VidclsConfig, repeat
         cuda = None
     else:
         cuda = make_session(onnx_path, providers=["cuda"])
-    cpu = make_session(onnx_path)
+    cpu = make_session(reference_path or onnx_path)
     name = cpu.get_inputs()[0].name
     rng = np.random.default_rng(0)
     for length in sorted(set(config.view_lengths.values())):
@@ -239,10 +244,10 @@ def sweep(url: str, config: VidclsConfig, videos: list[Path], work: Path, name: 
 
 def fidelity(url: str, config: VidclsConfig, checkpoints: Path, videos: list[Path]) -> dict:
     """Served probabilities vs the PyTorch reference (CPU, FP32) on the same files, against the
-    GPU tolerance of vidcls.export.tensorrt (GPU_SERVED_PROBS_ATOL, GPU_SAME_CLASS_MIN)."""
+    GPU tolerance of vidcls.export.parity (GPU_SERVED_PROBS_ATOL, GPU_SAME_CLASS_MIN)."""
     import tritonclient.grpc as grpcclient
 
-    from vidcls.export.tensorrt import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
+    from vidcls.export.parity import GPU_SAME_CLASS_MIN, GPU_SERVED_PROBS_ATOL
     from vidcls.reference import ReferencePipeline
 
     reference = ReferencePipeline.from_checkpoints(checkpoints)
@@ -296,8 +301,8 @@ def main(argv=None) -> int:
     repo = work / "repo_gpu"
     temporal_backend = args.temporal_backend or base.serving.gpu_temporal_backend
     if not args.skip_export:
-        log("2. gpu repository: backbone plan (FP16 where the TensorRT has the flag, else FP32; parity-checked), "
-            "temporal on " + temporal_backend)
+        log("2. gpu repository: FP16 graphs, backbone plan (checked against the graph), temporal on "
+            + temporal_backend)
         t0 = time.perf_counter()
         build_repository(checkpoints, repo, target="gpu", decode=args.decode, backend="tensorrt",
                          temporal_backend=temporal_backend, config=base)
@@ -309,11 +314,13 @@ def main(argv=None) -> int:
     log("4. BiLSTM temporal model: TensorRT plan vs ONNX Runtime CUDA")
     onnx_dir = work / "temporal_onnx"
     from vidcls.checkpoint import load_ensemble
+    from vidcls.export.fp16 import write_fp16
     from vidcls.export.onnx_export import export_temporal_onnx
 
     models, _, _ = load_ensemble(checkpoints)
-    onnx_path = export_temporal_onnx(models[0], base, onnx_dir / "model.onnx")
-    tb = temporal_both_ways(onnx_path, onnx_dir, base)
+    fp32_path = export_temporal_onnx(models[0], base, onnx_dir / "model_fp32.onnx")
+    onnx_path = write_fp16(fp32_path, onnx_dir / "model.onnx", base, "temporal")
+    tb = temporal_both_ways(onnx_path, onnx_dir, base, reference_path=fp32_path)
     report["temporal_both_ways"] = tb
     for r in tb["rows"]:
         log("   " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))

@@ -10,6 +10,10 @@ in :mod:`vidcls.serving_image`:
   key/value pairs unchanged to ONNX Runtime's ``UpdateCUDAProviderOptions``: a value there must be
   what ONNX Runtime parses (``cudnn_conv_algo_search`` takes ``EXHAUSTIVE``/``HEURISTIC``/
   ``DEFAULT``; the numeric ``"0"`` of the old top-level parameter is not one of them).
+- keys the pinned TensorRT ignores: TensorRT 11 networks are strongly typed (precision comes
+  from the ONNX graph), so ``precision_mode`` (the EP's ``trt_fp16_enable``/``trt_int8_enable``),
+  ``trt_layer_norm_fp32_fallback`` and the INT8 calibration-table keys would be accepted by the
+  backend and do nothing: they are refused here (:data:`IGNORED_BY_TENSORRT`).
 - :func:`check_tensorrt_graph`: every node of an exported ONNX graph is an operator the TensorRT
   ONNX parser imports, for the element types it gets. TensorRT takes UINT8 only at network
   inputs/outputs and in ``Cast``, so a uint8 tensor may feed nothing but a ``Cast``; Q/DQ must be
@@ -109,6 +113,16 @@ CUDA_ACCELERATOR_KEYS = {
 
 ACCELERATORS = {"tensorrt": TENSORRT_ACCELERATOR_KEYS, "cuda": CUDA_ACCELERATOR_KEYS}
 
+# tensorrt accelerator keys the backend accepts and TensorRT 11 ignores (TensorRT 10.x → 11.x
+# migration guide: the precision builder flags, weak typing and per-layer precision are gone).
+_STRONG_TYPING = "TensorRT 11 builds strongly typed networks: precision comes from the ONNX graph"
+IGNORED_BY_TENSORRT = {
+    "precision_mode": _STRONG_TYPING + " (export the gpu target with --precision fp16 instead)",
+    "trt_layer_norm_fp32_fallback": _STRONG_TYPING + " (the FP16 graph keeps LayerNormalization in FP32)",
+    "int8_calibration_table_name": "TensorRT 11 has no INT8 calibration: INT8 needs Q/DQ nodes in the graph",
+    "int8_use_native_calibration_table": "TensorRT 11 has no INT8 calibration: INT8 needs Q/DQ nodes in the graph",
+}
+
 
 def check_accelerators(model_config) -> list[str]:
     """Problems with the ``gpu_execution_accelerator`` entries of a parsed ModelConfig (empty: fine)."""
@@ -120,7 +134,11 @@ def check_accelerators(model_config) -> list[str]:
             continue
         for key, value in acc.parameters.items():
             check = keys.get(key)
-            if check is None:
+            ignored = IGNORED_BY_TENSORRT.get(key) if acc.name == "tensorrt" else None
+            if ignored and serving_image.tensorrt_major_minor()[0] >= 11:
+                problems.append(f"{model_config.name}: tensorrt accelerator parameter {key} does nothing with "
+                                f"TensorRT {serving_image.TENSORRT_VERSION}: {ignored}")
+            elif check is None:
                 problems.append(f"{model_config.name}: {acc.name} accelerator has no parameter {key!r}")
             elif not check(value):
                 problems.append(f"{model_config.name}: {acc.name} accelerator parameter {key}={value!r} is not "

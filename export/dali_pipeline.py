@@ -115,8 +115,8 @@ def serialize_pipeline(config: VidclsConfig, path: str | os.PathLike, batch_size
 
 # The file Triton's DALI backend autoserializes at model load time (in the model's version folder,
 # in place of a serialized model.dali): serialized by the DALI of the serving image itself, so the
-# format always matches its DALI backend (a model.dali written by PyPI DALI 2.4 may not load in an
-# NGC image's older backend).
+# format always matches its DALI backend (a model.dali written by a pip-installed DALI of another
+# version than the image's, vidcls/serving_image.py, may not load in that backend).
 AUTOSERIALIZE_FILE = "dali.py"
 
 _AUTOSERIALIZE_TEMPLATE = '''\

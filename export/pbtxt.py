@@ -87,8 +87,14 @@ def _warmup(model: Model, config: VidclsConfig) -> list[dict]:
 
 def _ort_accelerators(config: VidclsConfig, role: str) -> dict:
     """onnxruntime backend on GPU: the role's accelerator (config.serving.gpu_<role>_accelerator):
-    the TensorRT EP settings of vidcls.export.tensorrt (FP16, workspace and profiles from the
-    config) or the CUDA EP's."""
+    the TensorRT EP settings of vidcls.export.tensorrt (workspace and profiles from the config;
+    precision is the graph's) or the CUDA EP's.
+
+    Graph optimization level 1 (ONNX Runtime's "extended": every fusion the CUDA EP uses) instead
+    of the backend's default "all", which adds the CPU provider's NCHWc layout transformer: in
+    ONNX Runtime 1.28 that transformer crashes the process on an FP16 Transpose it is given (the
+    FP16 temporal graphs on the CPU provider; measured, tests/test_fp16.py). On a GPU it sees
+    only nodes left on the CPU, and the layout passes it brings are CPU-only anyway."""
     from vidcls.export.tensorrt import ort_cuda_accelerator, ort_gpu_accelerators
 
     s = config.serving
@@ -96,7 +102,7 @@ def _ort_accelerators(config: VidclsConfig, role: str) -> dict:
     if choice not in ("tensorrt", "cuda"):
         raise ValueError(f"gpu_{role}_accelerator must be 'tensorrt' or 'cuda', got {choice!r}")
     accelerators = ort_gpu_accelerators(config, role) if choice == "tensorrt" else ort_cuda_accelerator()
-    return {"execution_accelerators": {"gpu_execution_accelerator": [
+    return {"graph": {"level": 1}, "execution_accelerators": {"gpu_execution_accelerator": [
         {"name": name, "parameters": [{"key": k, "value": v} for k, v in params.items()]}
         for name, params in accelerators]}}
 

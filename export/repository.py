@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Sequence
 
 from vidcls.arguments import config_file
-from vidcls.config import PRESETS, REPOSITORY_CONFIG_FILE, VidclsConfig
+from vidcls.config import PRECISION_RECORD_FILE, PRESETS, REPOSITORY_CONFIG_FILE, TEMPORAL_PRECISIONS, VidclsConfig
 from vidcls.errors import UsageError
+from vidcls.nvdec import GPUS
 from vidcls.export.pbtxt import MODEL_FILES, labels_text, render
 from vidcls.export.wiring import BACKENDS, DECODERS, LABELS_FILE, TARGETS, Model, check_wiring, pipeline
 
@@ -44,12 +45,14 @@ KEEP_FILE = ".keep"  # marks a version folder whose files are written later (git
 
 
 def export_command(target: str, decode: str, backend: str, configs_only: bool,
-                   temporal_backend: str | None = None) -> str:
+                   temporal_backend: str | None = None, precision: str | None = None, gpu: str | None = None) -> str:
     parts = ["vidcls export"] + (["--configs-only"] if configs_only else []) + [f"--target {target}"]
     if target == "gpu":
         parts += [f"--decode {decode}", f"--backend {backend}"]
         if temporal_backend:
             parts += [f"--temporal-backend {temporal_backend}"]
+        parts += [f"--precision {precision}"] if precision else []
+        parts += [f"--gpu {gpu}"] if gpu else []
     return " ".join(parts)
 
 
@@ -65,7 +68,8 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
                      backbone_weights: str | None = None, configs_only: bool = False,
                      config: VidclsConfig | None = None,
                      temporal_backend: str | None = None,
-                     int8_calibration: Sequence[str | Path] | None = None) -> Path:
+                     int8_calibration: Sequence[str | Path] | None = None,
+                     precision: str | None = None, gpu: str | None = None) -> Path:
     """Write the repository for ``target`` into ``repo``; returns ``repo``.
 
     ``checkpoints``: checkpoint folder(s) (vidcls.checkpoint); their config is the repository's
@@ -74,6 +78,11 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
     overrides the checkpoints' ``backbone_weights`` meta ('none', 'imagenet' or a file).
     ``int8_calibration``: videos (files or folders) to calibrate an INT8 backbone on
     (:mod:`vidcls.export.quantize`); the repository then serves it (``backbone_precision`` int8).
+    ``precision`` (gpu target; default ``config.serving.gpu_precision``, fp16): the precision of the
+    backbone and temporal graphs (fp16: mixed-precision graphs, :mod:`vidcls.export.fp16`); ``gpu``
+    (default ``config.serving.target_gpu``, a100): the GPU whose NVDEC the probe of a ``--decode
+    dali`` repository checks files against (:mod:`vidcls.nvdec`). Both are recorded in the
+    repository's config.
     """
     decode = decode or ("dali" if target == "gpu" else "cpu")
     repo = Path(repo)
@@ -102,10 +111,11 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
                             "(without --int8-calibration)")
     if config.serving.backbone_precision == "int8" and not configs_only and not int8_calibration:
         raise ValueError("an int8 backbone needs calibration videos (--int8-calibration)")
+    config = _with_precision(config, target, precision, gpu)
     # gpu: the temporal models' backend defaults to config.serving.gpu_temporal_backend
     temporal_backend = temporal_backend or config.serving.gpu_temporal_backend
     specs = pipeline(config, target, decode, backend, temporal_backend)  # validates the choices
-    command = export_command(target, decode, backend, configs_only, temporal_backend)
+    command = export_command(target, decode, backend, configs_only, temporal_backend, precision, gpu)
 
     repo.mkdir(parents=True, exist_ok=True)
     _remove_stale_models(repo, {m.name for m in specs})
@@ -117,6 +127,23 @@ def build_repository(checkpoints: str | Path | Sequence[str | Path] | None, repo
         _write_weights(repo, specs, config, target, backbone, models, int8_calibration)
     validate_repository(repo, require_weights=not configs_only)
     return repo
+
+
+def _with_precision(config: VidclsConfig, target: str, precision: str | None, gpu: str | None) -> VidclsConfig:
+    """The repository's record of what it serves: the gpu target's graphs in ``precision`` (default
+    ``serving.gpu_precision``) and its GPU; the cpu target's in FP32 (the INT8 backbone kept)."""
+    s = config.serving
+    if target == "gpu":
+        p = precision or s.gpu_precision
+        changes = dict(gpu_precision=p, backbone_precision=p, temporal_precision=p, target_gpu=gpu or s.target_gpu)
+    else:
+        if precision or gpu:
+            raise ExportRefused("--precision and --gpu are for the gpu target (the cpu target serves FP32 graphs)")
+        changes = dict(backbone_precision="int8" if s.backbone_precision == "int8" else "fp32", temporal_precision="fp32")
+    try:
+        return config.replace(serving=dataclasses.replace(s, **changes))
+    except ValueError as exc:
+        raise ExportRefused(str(exc)) from None
 
 
 def _remove_stale_models(repo: Path, keep: set[str]) -> None:
@@ -163,39 +190,78 @@ def _write_weights(repo, specs, config, target, backbone, models, int8_calibrati
     bb = by_role["backbone"][0]
     bb_dir = repo / bb.name / VERSION
     int8 = config.serving.backbone_precision == "int8"
+    served: dict[str, Path] = {}  # model name -> the graph it serves (or the graph its plan is built from)
     if bb.kind == "python":  # cpu: the python model feeds ONNX Runtime [N, S, S, 3] frames directly
         export_backbone_onnx(backbone, config, bb_dir / "model.onnx")
         if int8:
             _quantize(bb_dir / "model.onnx", bb_dir / config.backbone_onnx_file, config, int8_calibration,
                       models)
-    else:  # Triton's own backends see the request's batch axis: [B, T, S, S, 3] → [B, T, D]
-        flat, flat_int8 = bb_dir / ".frames.onnx", bb_dir / ".frames_int8.onnx"
+        served[bb.name] = bb_dir / config.backbone_onnx_file
+    else:  # Triton's own backends see the request's batch axis: [B, T, S, S, 3] -> [B, T, D]
+        flat, video = bb_dir / ".frames.onnx", bb_dir / ".video_fp32.onnx"
         export_backbone_onnx(backbone, config, flat)
         try:
-            add_video_axis(flat, bb_dir / "model.onnx", config)
-            if int8:  # quantized (and checked) as the frames graph, like the cpu target's
-                _quantize(flat, flat_int8, config, int8_calibration, models)
-                add_video_axis(flat_int8, bb_dir / config.backbone_onnx_file, config)
+            add_video_axis(flat, video, config)
+            _served_precision(video, bb_dir / "model.onnx", config, "backbone", config.serving.backbone_precision)
         finally:
             flat.unlink(missing_ok=True)
-            flat_int8.unlink(missing_ok=True)
-        if bb.kind == "tensorrt":
-            _build_plan(bb_dir / config.backbone_onnx_file, bb_dir / MODEL_FILES["tensorrt"], config, "backbone",
-                        int8=int8)
-            (bb_dir / "model.onnx").unlink(missing_ok=True)  # int8: the FP32 graph it came from
+            video.unlink(missing_ok=True)
+        served[bb.name] = bb_dir / "model.onnx"
     for spec, model in zip(by_role["temporal"], models):
         out = repo / spec.name / VERSION / "model.onnx"
-        export_temporal_onnx(model, config, out)
-        if spec.kind == "tensorrt":
-            _build_plan(out, out.with_name(MODEL_FILES["tensorrt"]), config, "temporal")
+        if spec.kind == "python":
+            export_temporal_onnx(model, config, out)
+        else:
+            fp32 = out.with_name(".model_fp32.onnx")
+            try:
+                export_temporal_onnx(model, config, fp32)
+                _served_precision(fp32, out, config, "temporal", config.serving.temporal_precision)
+            finally:
+                fp32.unlink(missing_ok=True)
+        served[spec.name] = out
+    _write_precision_record(repo, served)
+    for spec in (s for s in specs if s.kind == "tensorrt"):
+        graph = served[spec.name]
+        _build_plan(graph, graph.with_name(MODEL_FILES["tensorrt"]), config, spec.role)
     for spec in specs:
         (repo / spec.name / VERSION / KEEP_FILE).unlink(missing_ok=True)
 
 
-def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: str, int8: bool = False) -> None:
+def _served_precision(fp32: Path, out: Path, config: VidclsConfig, role: str, precision: str) -> None:
+    """``out`` = the gpu target's served graph from the FP32 graph ``fp32``: FP16 mixed precision
+    (converted and checked by vidcls.export.fp16) or the FP32 graph itself."""
+    if precision == "fp16":
+        from vidcls.errors import VidclsError
+        from vidcls.export.fp16 import ConversionError, write_fp16
+        from vidcls.export.parity import ParityError
+
+        try:
+            write_fp16(fp32, out, config, role)
+        except (ConversionError, ParityError) as exc:
+            why = (f"the FP16 graph differs from the FP32 graph by {exc.report.worst:.3g} (tolerance "
+                   f"{exc.report.tolerance:g})" if isinstance(exc, ParityError) else str(exc))
+            raise VidclsError(f"the {role} graph cannot be served in FP16: {why}; export it with --precision fp32, "
+                              "or keep more op types in FP32 (serving.fp16_fp32_ops)") from exc
+    else:
+        shutil.copyfile(fp32, out)
+
+
+def _write_precision_record(repo: Path, served: dict[str, Path]) -> None:
+    """REPO/precision.json: what each served graph computes in (vidcls.export.fp16.precision_summary)."""
+    import json
+
+    import onnx
+
+    from vidcls.export.fp16 import precision_summary
+
+    record = {name: precision_summary(onnx.load(str(path))) for name, path in sorted(served.items())}
+    (repo / PRECISION_RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _build_plan(onnx_path: Path, plan_path: Path, config: VidclsConfig, role: str) -> None:
     from vidcls.export import tensorrt
 
-    tensorrt.build_engine(onnx_path, plan_path, config, role, int8=int8)
+    tensorrt.build_engine(onnx_path, plan_path, config, role)
     onnx_path.unlink()  # the plan is what tensorrt_plan serves
 
 
@@ -363,6 +429,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temporal-backend", choices=BACKENDS, default=None,
                         help="gpu target: Triton backend for the temporal (BiLSTM) models "
                              "(default: config.serving.gpu_temporal_backend, onnxruntime = CUDA EP)")
+    parser.add_argument("--precision", choices=TEMPORAL_PRECISIONS, default=None,
+                        help="gpu target: precision of the backbone and temporal graphs; fp16 = mixed-precision "
+                             "graphs (TensorRT 11 takes precision from the graph) (default: "
+                             "config.serving.gpu_precision, fp16)")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default=None,
+                        help="gpu target: the GPU the repository is deployed on; with --decode dali its NVDEC "
+                             "decides which files the probe lets through to DALI (default: "
+                             "config.serving.target_gpu, a100)")
     parser.add_argument("--backbone-weights", default=None,
                         help="none | imagenet | PATH (default: the checkpoints' backbone_weights)")
     parser.add_argument("--configs-only", action="store_true",
@@ -403,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
         build_repository(checkpoints, repo, target=args.target, decode=args.decode, backend=args.backend,
                          backbone_weights=args.backbone_weights, configs_only=args.configs_only,
                          config=config, temporal_backend=args.temporal_backend,
-                         int8_calibration=args.int8_calibration)
+                         int8_calibration=args.int8_calibration, precision=args.precision, gpu=args.gpu)
     except (BackboneUnavailable, ExportRefused) as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {args.target} repository {repo}")

@@ -1,5 +1,11 @@
-"""TensorRT for the gpu target: FP16 engines (``model.plan``) and the ONNX Runtime TensorRT/CUDA
+"""TensorRT for the gpu target: engines (``model.plan``) and the ONNX Runtime TensorRT/CUDA
 execution-provider settings for Triton's onnxruntime backend.
+
+TensorRT 11 (the serving image's) builds strongly typed networks only: an engine computes in the
+types its ONNX graph declares, so precision is decided by the graph the export writes
+(:mod:`vidcls.export.fp16`: mixed-precision FP16 graphs for the gpu target), never by a builder
+flag or an execution-provider option (``trt_fp16_enable`` and ``trt_layer_norm_fp32_fallback``
+do nothing there; vidcls.export.backend_contract refuses them).
 
 Everything here is GPU-only at run time; ``tensorrt`` (``pip install vidcls[gpu]``) is imported
 lazily so the module imports, and its pure functions (shapes, accelerator settings) work, on CPU.
@@ -32,22 +38,11 @@ import numpy as np
 
 from vidcls.config import VidclsConfig
 from vidcls.export import parity
+from vidcls.export.parity import TRT_FEATURES_RTOL, TRT_PROBS_ATOL
 
 log = logging.getLogger(__name__)
 
-# FP16 engine vs FP32 ONNX Runtime (CPU). Not measured on this project's GPU yet (no GPU on the
-# development machines): FP16 keeps ~3 significant digits, so softmax probabilities move by
-# ~1e-3 through 8 BiLSTM directions + attention; features relative to their scale likewise.
-# 1e-2 is loose enough for FP16 rounding and still catches what TensorRT gets wrong outright
-# (known wrong BiLSTM cases give differences of 1e-1 and more). Tighten from measurement.
-TRT_PROBS_ATOL = 1e-2
-TRT_FEATURES_RTOL = 2e-2
-# The served gpu pipeline (FP16 backbone, NVDEC decode) against the PyTorch reference on the same
-# files: "equal within 1e-5" holds on the CPU target only. On the GPU: every probability within
-# 1e-2 and the same class on at least 99.5 % of the videos (benchmarks/gpu_bench.py checks both).
-GPU_SERVED_PROBS_ATOL = 1e-2
-GPU_SAME_CLASS_MIN = 0.995
-
+# The GPU tolerances (FP16 engines and graphs vs FP32) live in vidcls.export.parity with the others.
 ROLES = ("backbone", "temporal")
 
 
@@ -97,21 +92,20 @@ def ort_gpu_accelerators(config: VidclsConfig, role: str, rank: int | None = Non
 
     The config generator writes them as ``optimization { execution_accelerators {
     gpu_execution_accelerator: [{ name: ... parameters { key: ... value: ... } }] } }``. Values are
-    strings, as Triton wants them. The TensorRT EP gets FP16, the config's workspace, the same
-    profile as the native engine (so one engine covers every batch size and view length instead of
-    one rebuild per new shape), FP32 LayerNorm, and an engine cache so a restart doesn't rebuild.
+    strings, as Triton wants them. The TensorRT EP gets the config's workspace, the same profile as
+    the native engine (so one engine covers every batch size and view length instead of one
+    rebuild per new shape), and an engine cache so a restart doesn't rebuild.
     Nodes TensorRT does not take run on the CUDA EP, which Triton adds itself for KIND_GPU.
 
     The engine and timing caches go to ``cache_path`` (default ``config.serving.trt_cache_dir``):
     a writable volume that outlives the container, not the read-only model repository, so a restart
-    loads the engines instead of rebuilding them inside the startup probe's window.
+    loads the engines instead of rebuilding them inside the startup probe's window. No precision
+    keys: the engine computes in the graph's own types (module docstring).
     """
     profs = profiles(config, role, rank)
     cache_path = cache_path if cache_path is not None else config.serving.trt_cache_dir
     trt = {
-        "precision_mode": "FP16",
         "max_workspace_size_bytes": str(int(config.serving.trt_workspace_bytes)),
-        "trt_layer_norm_fp32_fallback": "1",
         "trt_profile_min_shapes": _shape_list(profs, "min"),
         "trt_profile_opt_shapes": _shape_list(profs, "opt"),
         "trt_profile_max_shapes": _shape_list(profs, "max"),
@@ -127,7 +121,7 @@ def ort_gpu_accelerators(config: VidclsConfig, role: str, rank: int | None = Non
 def ort_session_providers(config: VidclsConfig, role: str, rank: int | None = None,
                           cache_dir: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
     """Providers for ``vidcls.ort.make_session`` on a GPU (python backend or benchmarks): TensorRT EP
-    with FP16, the config's workspace and the same profile as the native engine, then CUDA."""
+    with the config's workspace and the same profile as the native engine, then CUDA."""
     from vidcls.ort import cuda_provider_options, tensorrt_provider_options
 
     profs = profiles(config, role, rank)
@@ -158,15 +152,14 @@ def _import_tensorrt():
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, config: VidclsConfig,
-                 role: str, fp16: bool | None = None, check: bool = True, int8: bool = False) -> Path:
+                 role: str, check: bool = True) -> Path:
     """Build a serialized TensorRT engine (``model.plan``) from an exported ONNX graph.
 
-    ``fp16`` None (default): FP16 where this TensorRT has the FP16 builder flag (10.x), else the
-    graph's own precision, FP32 (TensorRT 11 builds strongly typed networks); True insists on FP16
-    and is refused by TensorRT 11. FP16 falls back to FP32 where TensorRT decides (and LayerNorm
-    stays in FP32), workspace
-    ``config.serving.trt_workspace_bytes``, the profile of :func:`profiles`. With ``check``, the
-    engine is compared with ONNX Runtime (CPU, FP32) on the same inputs and a
+    The engine computes in the graph's own types (TensorRT 11 networks are strongly typed: the
+    gpu export's mixed-precision FP16 graph gives an FP16 engine, an FP32 graph an FP32 one);
+    workspace ``config.serving.trt_workspace_bytes``, the profile of :func:`profiles`. With
+    ``check``, the engine is compared with the graph run on the CPU (FP16 graphs through
+    vidcls.export.fp16's emulation) on the same inputs and a
     :class:`~vidcls.export.parity.ParityError` is raised beyond ``TRT_*`` tolerances.
     """
     trt = _import_tensorrt()
@@ -183,15 +176,6 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
             f"TensorRT {trt.__version__} is installed, the serving image ({serving_image.TRITON_IMAGE}) runs "
             f"{serving_image.TENSORRT_VERSION}: a plan only loads in the TensorRT that built it. Build the plans "
             "inside docker/Dockerfile.train (same release), or export with --backend onnxruntime")
-    if fp16 is None:
-        fp16 = hasattr(trt.BuilderFlag, "FP16")
-    if fp16 and not hasattr(trt.BuilderFlag, "FP16"):
-        # TensorRT 11 builds strongly typed networks: precision comes from the ONNX graph (an FP16
-        # graph with FP32 I/O), there is no FP16 builder flag on an FP32 graph any more.
-        raise TensorRTUnavailable(
-            f"TensorRT {trt.__version__} builds engines at the precision written in the ONNX graph and vidcls "
-            "exports FP32 graphs: FP16 plans are not available with this release; export with --backend "
-            "onnxruntime (TensorRT EP, FP16) or build an FP32 plan (fp16=False)")
     problems = check_tensorrt_graph(onnx_path)
     if problems:
         raise RuntimeError(f"TensorRT {trt.__version__}'s ONNX parser would refuse {onnx_path}:\n  " + "\n  ".join(problems))
@@ -202,19 +186,13 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, con
     # TensorRT's own log follows ours: its INFO lines with --verbose (DEBUG), else warnings only.
     logger = trt.Logger(trt.Logger.INFO if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(0)  # TensorRT 11: explicit batch and strong typing are the only modes
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.serving.trt_workspace_bytes))
-    if fp16:
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-    if int8:  # refused for the gpu target by the export (unsigned QDQ); kept for a signed INT8 graph
-        # The graph carries its own Q/DQ scales (vidcls.export.quantize): explicit quantization,
-        # no TensorRT calibrator; layers without Q/DQ stay FP16/FP32.
-        builder_config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for p in profiles(config, role, rank):
         profile.set_shape(p.name, p.min, p.opt, p.max)
@@ -276,14 +254,17 @@ def _torch_dtype(torch, dtype, trt):
 
 
 def check_engine(plan_path, onnx_path, config: VidclsConfig, role: str, seed: int = 0):
-    """Engine vs ONNX Runtime CPU at the profile's extremes and every served length → ParityReport."""
-    from vidcls.ort import make_session
+    """Engine vs the graph on the CPU at the profile's extremes and every served length → ParityReport.
+
+    The CPU side runs vidcls.export.fp16's emulation of the graph: an FP16 graph as the GPU rounds
+    it (ONNX Runtime's CPU provider lacks FP16 kernels for most ops), an FP32 graph unchanged."""
+    from vidcls.export.fp16 import emulation_session
 
     import onnx
 
     rank = len(onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim)
     runner = EngineRunner(plan_path)
-    session = make_session(onnx_path, log_severity=4)
+    session = emulation_session(onnx_path)
     (prof,) = profiles(config, role, rank)
     rng = np.random.default_rng(seed)
     if role == "temporal":
@@ -313,5 +294,5 @@ def check_engine(plan_path, onnx_path, config: VidclsConfig, role: str, seed: in
             results = runner.run_all(feeds[prof.name])
             return [results[n] for n in outputs]
 
-    return parity._compare(f"tensorrt {role} ({plan_path})", "FP16 engine vs ONNX Runtime FP32", tolerance,
+    return parity._compare(f"tensorrt {role} ({plan_path})", "engine vs the graph on the CPU", tolerance,
                            shapes, make_input, reference, _EngineSession(), prof.name, scale, output_names=names)

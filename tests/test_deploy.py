@@ -9,6 +9,8 @@ Fast and network-free: no Docker engine, no cluster, no GPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import re
@@ -96,8 +98,10 @@ def test_triton_dockerfile_contract():
     assert {"8000", "8001", "8002"} <= exposed
     health = [a for w, a in ins if w == "HEALTHCHECK"]
     assert health and "/v2/health/ready" in health[0]
+    check = (DOCKER / "check_image_versions.sh").read_text()  # the build-time check it runs
+    assert "check_image_versions.sh" in text
     for backend in ("dali", "onnxruntime", "tensorrt", "python"):
-        assert backend in text, f"build-time check for the {backend} backend"
+        assert backend in check, f"build-time check for the {backend} backend"
     installs = " ".join(a for w, a in ins if w == "RUN" and "pip install" in a)
     assert "torch" not in installs.split("import torch")[0], "no torch in the serving image"
     assert not re.search(r"pip install[^&]*\.\[", installs), "serving image installs the core only (+ optional extra)"
@@ -438,23 +442,60 @@ def test_k8s_tls_overlay_serves_grpc_with_the_mounted_certificate():
 
 
 # ---- GPU memory budget -----------------------------------------------------------------------
+def _precision(config: VidclsConfig, precision: str) -> VidclsConfig:
+    return config.replace(serving=dataclasses.replace(config.serving, gpu_precision=precision))
+
+
 def test_default_config_fits_a_10gb_slice_with_headroom():
     a = db.Assumptions()
     assert a.slice_mib <= 10 * 1000 and a.headroom >= 0.15
-    # The deployment matrix of docs/deployment.md, on a 10 GB slice:
-    #   plain 1g.10gb (no NVDEC): --decode cpu, either backend;
-    #   1g.10gb+me (NVDEC, 10 GB): --decode dali, either backend (DALI decodes one video per
-    #   execution in each of its instances: serving.dali_decode_batch).
+    # The deployment matrix of docs/deployment.md, on a 10 GB slice, with the FP16 graphs the gpu
+    # export writes: plain 1g.10gb (no NVDEC): --decode cpu, either backend; 1g.10gb+me (NVDEC,
+    # 10 GB): --decode dali, either backend (DALI decodes one video per execution in each of its
+    # instances: serving.dali_decode_batch).
     fits_10gb = [("tensorrt", "cpu"), ("onnxruntime", "cpu"), ("tensorrt", "dali"), ("onnxruntime", "dali")]
     for backend, decode in fits_10gb:
         b = db.compute_budget(VidclsConfig(), backend, decode)
-        assert b.fits, db.format_table(b)
+        assert b.fits and b.precision == "fp16", db.format_table(b)
         assert b.total_mib < 10 * 1024 * (1 - a.headroom)
-    # The FP32 CUDA-EP fallback fits 10 GB only with CPU decode; with DALI it needs a 20 GB slice.
-    assert not db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "dali").fits
-    slice_20 = db.Assumptions(slice_mib=19968)
-    assert db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "dali", slice_20).fits
-    assert db.compute_budget(VidclsConfig(), "onnxruntime-cuda", "cpu").fits
+    # FP32 graphs (--precision fp32) through the onnxruntime backend fit 10 GB only with CPU
+    # decode; with DALI they need a 20 GB slice.
+    fp32 = _precision(VidclsConfig(), "fp32")
+    assert not db.compute_budget(fp32, "onnxruntime", "dali").fits
+    assert db.compute_budget(fp32, "onnxruntime", "dali", db.Assumptions(slice_mib=19968)).fits
+    assert db.compute_budget(fp32, "onnxruntime", "cpu").fits
+
+
+def test_budget_reads_the_precision_the_repository_recorded(tiny_checkpoints, tmp_path):
+    """The budget of an exported repository uses its config's precision and its graphs' own weight
+    bytes (precision.json), which the formula for a config without a repository agrees with."""
+    from vidcls.export.repository import build_repository
+
+    budgets = {}
+    for precision in ("fp16", "fp32"):
+        repo = build_repository(tiny_checkpoints, tmp_path / precision, target="gpu", decode="cpu", precision=precision)
+        config, backend, decode, record = db.read_repository(repo)
+        assert (config.serving.gpu_precision, backend, decode) == (precision, "onnxruntime", "cpu")
+        budget = db.compute_budget(config, backend, decode, record=record, source=str(repo))
+        assert budget.precision == precision
+        formula = db.compute_budget(config, backend, decode)
+        for got, want in zip(budget.rows, formula.rows):
+            assert got.weights_mib == pytest.approx(want.weights_mib, rel=0.02, abs=1e-3), got.component
+        budgets[precision] = budget
+        res = subprocess.run([sys.executable, "-m", "vidcls.deploy_budget", "--repository", str(repo)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert res.returncode == 0 and f"precision={precision} (repository {repo})" in res.stdout, res.stdout
+    weights = {p: sum(r.weights_mib for r in b.rows) for p, b in budgets.items()}
+    assert weights["fp16"] < 0.6 * weights["fp32"]
+    # A repository exported before precision was recorded holds FP32 graphs.
+    legacy = json.loads((tmp_path / "fp16" / "vidcls_config.json").read_text())
+    del legacy["serving"]["gpu_precision"]
+    (tmp_path / "fp16" / "vidcls_config.json").write_text(json.dumps(legacy))
+    (tmp_path / "fp16" / "precision.json").unlink()
+    assert db.read_repository(tmp_path / "fp16")[0].serving.gpu_precision == "fp32"
+    res = subprocess.run([sys.executable, "-m", "vidcls.deploy_budget", "--repository", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
 def test_budget_moves_with_the_config():
@@ -515,10 +556,20 @@ def test_backbone_params_and_activation_walk_match_torch(backbone):
 def test_deployment_doc_shows_the_current_budget():
     """docs/deployment.md quotes the budget; regenerate its numbers when the config changes."""
     doc = (ROOT / "docs" / "deployment.md").read_text()
-    for backend in ("tensorrt", "onnxruntime"):
+    for precision in ("fp16", "fp32"):
+        for backend in ("tensorrt", "onnxruntime"):
+            for decode in ("dali", "cpu"):
+                total = db.compute_budget(_precision(VidclsConfig(), precision), backend, decode).total_mib
+                assert f"| {precision} | {decode} | {total:.0f} |" in doc, (precision, backend, decode, round(total))
+    # The slice table (section 1) and the README quote the same totals.
+    readme = (ROOT / "README.md").read_text()
+    for precision in ("fp16", "fp32"):
         for decode in ("dali", "cpu"):
-            total = db.compute_budget(VidclsConfig(), backend, decode).total_mib
-            assert f"| {decode} | {total:.0f} |" in doc, (backend, decode, round(total))
+            trt, ort = (db.compute_budget(_precision(VidclsConfig(), precision), b, decode).total_mib
+                        for b in ("tensorrt", "onnxruntime"))
+            assert f"{trt:.0f} / {ort:.0f} MiB" in doc, (precision, decode)
+            if precision == "fp16" and decode == "dali":
+                assert f"{trt:.0f} MiB with TensorRT, {ort:.0f} MiB with ONNX Runtime" in readme
     assert db.format_table(db.compute_budget()).split("\n\n")[0] in doc
     for cmd in ("nvidia-smi -i 0 -mig 1", "nvidia-smi mig", "-cgi", "nvidia-smi -L", "--decode dali",
                 "--decode cpu", "vidcls classify", "vidcls bench", "/v2/health/ready"):
@@ -585,6 +636,17 @@ def test_dashboard_structure():
             for y in range(pos["y"], pos["y"] + pos["h"]):
                 assert (x, y) not in cells, f"{p['title']} overlaps another panel"
                 cells.add((x, y))
+
+
+def test_video_decoding_panel_has_a_measure_on_mig_slices():
+    """DCGM publishes no decoder utilization on MIG: the panel must also chart something that every
+    slice reports (here: a metric that is not GPU-only, i.e. one the real CPU server's scrape has)."""
+    (panel,) = [p for p in _panels(_dashboard()) if "NVDEC" in p["title"]]
+    gpu_only = _gpu_only_metrics()
+    per_target = [_queried_metrics(t["expr"]) for t in panel["targets"]]
+    assert any(m == {"DCGM_FI_DEV_DEC_UTIL"} for m in per_target)
+    assert any(m and not m & gpu_only for m in per_target), per_target
+    assert "MIG" in panel["description"]
 
 
 def test_dashboard_query_check_is_live():

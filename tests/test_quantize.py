@@ -96,7 +96,7 @@ def test_precision_is_validated_and_names_the_served_file():
     assert VidclsConfig().backbone_onnx_file == "model.onnx"
     assert _with(VidclsConfig(), backbone_precision="int8").backbone_onnx_file == "model_int8.onnx"
     with pytest.raises(ValueError, match="backbone_precision"):
-        _with(VidclsConfig(), backbone_precision="fp16")
+        _with(VidclsConfig(), backbone_precision="bf16")
 
 
 def test_gpu_target_refuses_int8_in_one_line(tmp_path, capsys):

@@ -161,11 +161,12 @@ def test_wiring_check_catches_mistakes(cpu_repository, serving_config):
 
 def test_gpu_repository_with_weights(tmp_path, tiny_checkpoints, cpu_repository, serving_config):
     """gpu/onnxruntime: the backbone graph takes Triton's batch axis [B, T, S, S, 3] and equals the
-    frames graph the cpu target runs; temporal graphs and the DALI pipeline are in place."""
+    frames graph the cpu target runs (in FP32; tests/test_fp16.py checks the FP16 graphs);
+    temporal graphs and the DALI pipeline are in place."""
     from vidcls.ort import make_session
 
     repo = build_repository(tiny_checkpoints, tmp_path / "gpu", target="gpu", decode="dali",
-                            backend="onnxruntime")
+                            backend="onnxruntime", precision="fp32")
     validate_repository(repo)
     s, t, size = serving_config.serving, serving_config.num_frames, serving_config.frame_size
     frames = np.random.default_rng(0).integers(0, 256, (2, t, size, size, 3), dtype=np.uint8)

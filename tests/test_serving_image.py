@@ -66,6 +66,81 @@ def test_docs_name_the_release_and_its_components():
             assert version in text, f"{doc}: {component} {version}"
 
 
+def test_no_other_version_of_the_image_components_is_named_anywhere():
+    """A version of DALI, ONNX Runtime or TensorRT written in the docs, the code or the
+    Docker/packaging files is the pinned one: a full version must equal it, and for DALI and
+    TensorRT no version newer than the pin may be named (older ones are history: "frame selection
+    arrived in DALI 1.48"). A stale "DALI 2.4" once outlived the pin."""
+    pattern = re.compile(r"(?P<what>DALI|nvidia-dali-cuda1\d+|ONNX Runtime|onnxruntime|TensorRT)[ =]+"
+                         r"(?P<version>\d+\.\d+(?:\.\d+){0,2})\b")
+    pinned = {"DALI": si.DALI_VERSION, "ONNX Runtime": si.ONNXRUNTIME_VERSION, "TensorRT": si.TENSORRT_VERSION}
+    files = [ROOT / "README.md", ROOT / "pyproject.toml", *ROOT.glob("docs/*.md"), *ROOT.glob("docker/*"),
+             *ROOT.glob("deploy/**/*.yaml"), *ROOT.glob("vidcls/**/*.py"), *ROOT.glob("export/*.py"),
+             *ROOT.glob("training/*.py"), *ROOT.glob("client/*.py"), *ROOT.glob("benchmarks/*.py")]
+    stale = []
+    for path in files:
+        if not path.is_file():
+            continue
+        for m in pattern.finditer(path.read_text(errors="replace")):
+            what = {"onnxruntime": "ONNX Runtime"}.get(m["what"], "DALI" if m["what"].startswith("nvidia-dali") else m["what"])
+            got = tuple(int(x) for x in m["version"].split("."))
+            want = tuple(int(x) for x in pinned[what].split("."))
+            newer = what != "ONNX Runtime" and got[:2] > want[:2]
+            if newer or (len(got) >= 3 and got[:2] == want[:2] and got != want[:len(got)]):
+                stale.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert stale == []
+
+
+# ---- the image build's version check, run on fake image trees ------------------------------------
+def _fake_image(root, dali="2.2.0", ort="1.28.0", trt="11.2.1.2", trt_lib=None, missing=()):
+    """A tree laid out like the Triton image where the check looks (IMAGE_ROOT)."""
+    backends = root / "opt" / "tritonserver" / "backends"
+    for b in ("dali", "onnxruntime", "tensorrt", "python"):
+        if b not in missing:
+            (backends / b).mkdir(parents=True, exist_ok=True)
+    if dali and "dali" not in missing:
+        (backends / "dali" / "wheel" / "dali" / f"nvidia_dali_cuda130-{dali}.dist-info").mkdir(parents=True)
+    if ort and "onnxruntime" not in missing:
+        (backends / "onnxruntime" / f"libonnxruntime.so.{ort}").write_bytes(b"")
+    lib = trt_lib if trt_lib is not None else (trt.rsplit(".", 1)[0] if trt else None)
+    if lib:
+        (root / "usr" / "lib" / "x86_64-linux-gnu").mkdir(parents=True, exist_ok=True)
+        (root / "usr" / "lib" / "x86_64-linux-gnu" / f"libnvinfer.so.{lib}").write_bytes(b"")
+    if trt:
+        major, minor, patch, build = trt.split(".")
+        (root / "usr" / "include").mkdir(parents=True, exist_ok=True)
+        (root / "usr" / "include" / "NvInferVersion.h").write_text(
+            f"#define TRT_MAJOR_ENTERPRISE {major}\n#define TRT_MINOR_ENTERPRISE {minor}\n"
+            f"#define TRT_PATCH_ENTERPRISE {patch}\n#define TRT_BUILD_ENTERPRISE {build}\n")
+    return root
+
+
+@pytest.mark.parametrize("case, kwargs, why", [
+    ("as pinned", {}, None),
+    ("DALI patch", {"dali": "2.2.1"}, "DALI 2.2.1"),
+    ("ORT patch", {"ort": "1.28.1"}, "ONNX Runtime 1.28.1"),
+    ("TensorRT build part", {"trt": "11.2.1.3"}, "TensorRT 11.2.1.3"),
+    ("TensorRT minor", {"trt": "11.3.0.1"}, "TensorRT 11.3.0.1"),
+    ("TensorRT full version unreadable", {"trt": None, "trt_lib": "11.2.1"}, "TensorRT not found"),
+    ("TensorRT library of another release", {"trt_lib": "11.2.0"}, "libnvinfer.so.11.2.0"),
+    ("no TensorRT at all", {"trt": None, "trt_lib": ""}, "TensorRT not found"),
+    ("no DALI wheel", {"dali": None}, "DALI not found"),
+    ("no ONNX Runtime library", {"ort": None}, "ONNX Runtime not found"),
+    ("no python backend", {"missing": ("python",)}, "backend python missing"),
+])
+def test_image_version_check_fails_on_anything_but_the_pinned_versions(tmp_path, case, kwargs, why):
+    import subprocess
+
+    root = _fake_image(tmp_path / "image", **kwargs)
+    res = subprocess.run([str(ROOT / "docker" / "check_image_versions.sh"), si.DALI_VERSION, si.ONNXRUNTIME_VERSION,
+                          si.TENSORRT_VERSION], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "IMAGE_ROOT": str(root)})
+    if why is None:
+        assert res.returncode == 0 and "versions ok" in res.stdout, res.stdout + res.stderr
+    else:
+        assert res.returncode != 0 and why in res.stderr, (case, res.stdout, res.stderr)
+
+
 # ---- DALI: the generated dali.py, with the image's DALI -----------------------------------------
 @pytest.mark.parametrize("config", [VidclsConfig.tiny(), VidclsConfig()], ids=["tiny", "default"])
 def test_repository_dali_py_builds_and_decodes_with_the_pinned_dali(config, tmp_path):
@@ -133,6 +208,12 @@ def test_accelerator_check_catches_what_the_backend_would_misread(tmp_path):
     problems = bc.check_accelerators(cfg)
     assert any("cudnn_conv_algo_search='0'" in p for p in problems)
     assert any("no parameter 'precision'" in p for p in problems)
+    # Keys the backend takes and TensorRT 11 ignores (strongly typed networks) are refused too.
+    cfg = text_format.Parse('''name: "m" optimization { execution_accelerators { gpu_execution_accelerator {
+        name: "tensorrt" parameters { key: "precision_mode" value: "FP16" }
+        parameters { key: "trt_layer_norm_fp32_fallback" value: "1" } } } }''', model_config_pb2.ModelConfig())
+    problems = bc.check_accelerators(cfg)
+    assert len(problems) == 2 and all("does nothing with TensorRT 11" in p for p in problems), problems
 
 
 # ---- TensorRT parser: node types of the exported graphs ------------------------------------------

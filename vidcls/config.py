@@ -34,12 +34,16 @@ EXTERNAL_BACKBONE = "external"
 
 CLASSES: tuple[str, ...] = ("Animation", "Flat_Content", "Gaming", "Natural_Content")
 TTA_VIEWS: tuple[str, ...] = ("original", "reverse", "speed_up", "speed_down")
-BACKBONE_PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+BACKBONE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+TEMPORAL_PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
 
 # A model repository carries its VidclsConfig as this JSON file at its root; each python model's
 # config.pbtxt may name another one (relative to the model's folder) in this parameter.
 REPOSITORY_CONFIG_FILE = "vidcls_config.json"
 CONFIG_PARAMETER = "vidcls_config"
+# What `vidcls export` wrote, per served graph (vidcls.export.fp16.precision_summary): op types per
+# compute type, weight bytes per element type, I/O types. The deployment budget reads it.
+PRECISION_RECORD_FILE = "precision.json"
 # The probe's config.pbtxt parameter naming the decode step that follows it ("cpu" | "dali"): with
 # DALI the probe also refuses what DALI cannot decode (serving.dali_codecs / dali_containers).
 DECODER_PARAMETER = "decoder"
@@ -317,6 +321,25 @@ class ServingConfig:
     # int8_min_cosine with the FP32 features on any of int8_check_frames other frames (it refused
     # on every stand-in for ImageNet weights we could build: vidcls.export.quantize).
     backbone_precision: str = "fp32"
+    # The temporal models' graphs: "fp32" (cpu target) or "fp16" (gpu target, see below).
+    temporal_precision: str = "fp32"
+    # gpu target: the precision `vidcls export --target gpu` writes (`--precision`). TensorRT 11
+    # takes precision from the ONNX graph alone (no FP16 builder flag), so "fp16" exports
+    # mixed-precision graphs (vidcls.export.fp16): FP16 compute, FP32 graph inputs and outputs,
+    # and the op types below kept in FP32; the same graph serves Triton's onnxruntime backend
+    # and the TensorRT plans. "fp32" exports the FP32 graphs (served equal to the reference
+    # within 1e-5, at several times the GPU time and twice the weight memory).
+    gpu_precision: str = "fp16"
+    # Op types that compute in FP32 inside the FP16 graphs: normalizations and softmaxes (their
+    # sums and divisions lose most in FP16), reductions and pooling (long sums), and the LSTM,
+    # whose cell state carries rounding from step to step over up to 109 steps.
+    fp16_fp32_ops: tuple[str, ...] = ("LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
+                                      "ReduceL2", "ReduceLogSumExp", "GlobalAveragePool", "LSTM", "Exp", "Log",
+                                      "Pow", "Sqrt")
+    # gpu target, --decode dali: the GPU the repository is deployed on (`vidcls export --gpu`):
+    # its NVDEC decides which bit depths and chroma formats of each codec the probe lets through
+    # to DALI (vidcls.nvdec; the rest is refused as dali_unsupported).
+    target_gpu: str = "a100"
     int8_calibration_frames: int = 128
     int8_check_frames: int = 64
     int8_min_cosine: float = 0.98
@@ -360,6 +383,13 @@ class VidclsConfig:
         if self.serving.backbone_precision not in BACKBONE_PRECISIONS:
             raise ValueError(f"serving.backbone_precision must be one of {BACKBONE_PRECISIONS}, "
                              f"got {self.serving.backbone_precision!r}")
+        for name, allowed in (("temporal_precision", TEMPORAL_PRECISIONS), ("gpu_precision", TEMPORAL_PRECISIONS)):
+            if getattr(self.serving, name) not in allowed:
+                raise ValueError(f"serving.{name} must be one of {allowed}, got {getattr(self.serving, name)!r}")
+        from vidcls.nvdec import GPUS
+
+        if self.serving.target_gpu not in GPUS:
+            raise ValueError(f"serving.target_gpu must be one of {sorted(GPUS)}, got {self.serving.target_gpu!r}")
         if len({class_key(c) for c in self.classes}) != len(self.classes):
             raise ValueError(f"class names {list(self.classes)} differ only in case, '_', '-' or spaces: "
                              "folders could not tell them apart")

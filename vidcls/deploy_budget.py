@@ -6,6 +6,12 @@ total fits the slice with the stated headroom. Everything here is arithmetic on
 and explained where it is defined), so the numbers move with the config: raise
 ``serving.backbone_batch`` and the backbone row grows.
 
+Precision is read, not assumed: a repository records what it exported (its config's
+``serving.gpu_precision``, and ``precision.json`` with the served graphs' weight bytes per element
+type, see :mod:`vidcls.export.fp16`). ``--repository REPO`` budgets exactly that repository (its
+backend, decode step and graphs); without it the budget is that of the default config as
+``vidcls export --target gpu`` writes it (mixed-precision FP16 graphs, whose LSTMs stay FP32).
+
 Why computed and not measured: the development machines have no GPU. The parameter counts are
 exact (the temporal model's by formula, the backbones' from torchvision; ``tests/test_deploy.py``
 builds the models with torch and checks both). Activations are an upper estimate from a walk over
@@ -23,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterator
 
-from vidcls.config import VidclsConfig
+from vidcls.config import PRECISION_RECORD_FILE, REPOSITORY_CONFIG_FILE, VidclsConfig
 
 MIB = 1024 ** 2
 BACKENDS = ("tensorrt", "onnxruntime", "onnxruntime-cuda")
@@ -98,6 +104,8 @@ class Budget:
     assumptions: Assumptions
     backend: str
     decode: str
+    precision: str = "fp16"
+    source: str = "the default config"  # or the repository whose record was read
 
     @property
     def total_mib(self) -> float:
@@ -135,6 +143,27 @@ def temporal_params(config: VidclsConfig) -> int:
     n += linear(e, h) + norm(h) + linear(h, 1)  # attention_pooling
     n += linear(e, 768) + norm(768) + linear(768, 512) + norm(512) + linear(512, 256) + norm(256) + linear(256, c)
     return n
+
+
+def lstm_params(config: VidclsConfig) -> int:
+    """The LSTM's share of :func:`temporal_params` (what the FP16 graphs keep in FP32)."""
+    t = config.temporal
+    dirs = 2 if t.bidirectional else 1
+    return sum(dirs * (4 * t.hidden_dim * ((t.hidden_dim if i == 0 else dirs * t.hidden_dim) + t.hidden_dim)
+                       + 8 * t.hidden_dim) for i in range(t.num_lstm_layers))
+
+
+def weight_bytes(config: VidclsConfig, role: str) -> int:
+    """Weight bytes of one served graph of ``role`` at ``config.serving.gpu_precision``: FP32 4 bytes
+    a parameter; FP16 2, except the op types the FP16 graphs keep in FP32
+    (``serving.fp16_fp32_ops``: for these models the LSTM's weights; LayerNorm's are negligible)."""
+    fp16 = config.serving.gpu_precision == "fp16"
+    if role == "backbone":
+        return backbone_params(config) * (2 if fp16 else 4)
+    n, lstm = temporal_params(config), lstm_params(config)
+    if not fp16:
+        return 4 * n
+    return 2 * (n - lstm) + (4 if "LSTM" in config.serving.fp16_fp32_ops else 2) * lstm
 
 
 def backbone_params(config: VidclsConfig) -> int:
@@ -211,18 +240,21 @@ def temporal_peak_elements_per_sequence(config: VidclsConfig, length: int) -> in
 
 # ---- the budget ------------------------------------------------------------------------------
 def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt", decode: str = "dali",
-                   assumptions: Assumptions | None = None) -> Budget:
+                   assumptions: Assumptions | None = None, record: dict | None = None,
+                   source: str = "the default config") -> Budget:
     """The GPU memory of one Triton process serving ``config`` on one slice.
 
-    backend (the ``vidcls export --backend`` choices, plus one fallback):
-      ``tensorrt``: FP16 plans in Triton's TensorRT backend.
-      ``onnxruntime``: Triton's onnxruntime backend with the TensorRT execution accelerator in FP16
-      (what the export writes): TensorRT-like numbers plus an ORT session and CUDA-EP arena
-      (``Assumptions.ort_session_mib``) per instance.
-      ``onnxruntime-cuda``: the same without the accelerator (FP32 weights and activations on the
-      CUDA EP), e.g. if a TensorRT build fails on the slice.
+    backend (the ``vidcls export --backend`` choices, plus one variant):
+      ``tensorrt``: plans in Triton's TensorRT backend.
+      ``onnxruntime``: Triton's onnxruntime backend with the TensorRT execution accelerator on the
+      backbone (what the export writes): TensorRT-like numbers plus an ORT session and CUDA-EP
+      arena (``Assumptions.ort_session_mib``) per instance.
+      ``onnxruntime-cuda``: the same without the TensorRT accelerator (the CUDA EP alone).
     decode: ``dali`` (NVDEC, buffers on the GPU) or ``cpu`` (PyAV in the python backend, no GPU
     decode buffers; the FRAMES tensor is copied to the GPU for the backbone).
+    Precision: ``config.serving.gpu_precision`` (what the gpu export writes and a repository's
+    config records); weights from ``record`` (a repository's precision.json: the served graphs'
+    own bytes) where given, else :func:`weight_bytes`. Activations take 2 bytes an element in FP16.
     """
     config = config or VidclsConfig()
     a = assumptions or Assumptions()
@@ -231,8 +263,14 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
     if decode not in ("dali", "cpu"):
         raise ValueError("decode is 'dali' or 'cpu'")
     sv = config.serving
-    wbytes = 4 if backend == "onnxruntime-cuda" else 2  # FP32 ONNX on the CUDA EP, else FP16 engines
-    abytes = wbytes
+    precision = sv.gpu_precision
+    abytes = 2 if precision == "fp16" else 4
+
+    def weights(name: str, role: str) -> int:
+        if record and name in record:
+            return sum(record[name]["weight_bytes"].values())
+        return weight_bytes(config, role)
+
     per_instance = a.per_instance_mib + (a.ort_session_mib if backend.startswith("onnxruntime") else 0)
     t, s = config.num_frames, config.frame_size
     frame_bytes = s * s * 3  # uint8 FRAMES row
@@ -260,15 +298,19 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
     b_params = backbone_params(config)
     # uint8 input + its float32 normalized copy (normalization is inside the graph) + the peak.
     b_act = frames * (frame_bytes + frame_bytes * 4 + peak * abytes * a.activation_safety)
-    rows.append(Row(f"{sv.backbone} ({config.backbone}, {backend})", b_params, inst * b_params * wbytes / MIB,
+    rows.append(Row(f"{sv.backbone} ({config.backbone}, {backend}, {precision})", b_params,
+                    inst * weights(sv.backbone, "backbone") / MIB,
                     inst * b_act / MIB, inst * per_instance,
                     f"batch {sv.backbone_batch} videos = {frames} frames of {s}x{s}"))
 
     lmax = max(config.view_lengths.values())
     t_params = temporal_params(config)
-    t_act = sv.temporal_batch * temporal_peak_elements_per_sequence(config, lmax) * abytes * a.activation_safety
+    # The LSTM's gates and states dominate these activations; FP32 where the FP16 graph keeps the LSTM.
+    t_abytes = 4 if precision == "fp32" or "LSTM" in sv.fp16_fp32_ops else 2
+    t_act = sv.temporal_batch * temporal_peak_elements_per_sequence(config, lmax) * t_abytes * a.activation_safety
     for name in config.temporal_model_names():
-        rows.append(Row(f"{name} (BiLSTM+attention, {backend})", t_params, inst * t_params * wbytes / MIB,
+        rows.append(Row(f"{name} (BiLSTM+attention, {backend}, {precision})", t_params,
+                        inst * weights(name, "temporal") / MIB,
                         inst * t_act / MIB, inst * per_instance,
                         f"batch {sv.temporal_batch} sequences, L up to {lmax}"))
 
@@ -280,7 +322,7 @@ def compute_budget(config: VidclsConfig | None = None, backend: str = "tensorrt"
                     f"{a.in_flight_batches} batches of FRAMES + FEATURES"))
     for name in (sv.probe, sv.views, sv.average):
         rows.append(Row(f"{name} (python)", 0, 0, 0, 0, "KIND_CPU: no GPU memory"))
-    return Budget(tuple(rows), a, backend, decode)
+    return Budget(tuple(rows), a, backend, decode, precision, source)
 
 
 def max_source_pixels(config: VidclsConfig | None = None, backend: str = "tensorrt",
@@ -328,16 +370,51 @@ def format_table(budget: Budget) -> str:
     out.append(f"{verdict}: {budget.total_mib:.0f} MiB of a {a.slice_mib} MiB slice "
                f"({budget.free_fraction:.0%} free; required headroom {a.headroom:.0%}, "
                f"limit {budget.limit_mib:.0f} MiB). backend={budget.backend}, decode={budget.decode}, "
-               f"activation safety x{a.activation_safety}.")
+               f"precision={budget.precision} ({budget.source}), activation safety x{a.activation_safety}.")
     return "\n".join(out)
+
+
+def read_repository(repo) -> tuple[VidclsConfig, str, str, dict | None]:
+    """(config, backend, decode, precision record) of an exported gpu repository, from its config
+    JSON, its backbone's and video_decode's config.pbtxt and its precision.json."""
+    import json
+    import re
+    from pathlib import Path
+
+    repo = Path(repo)
+    if not (repo / REPOSITORY_CONFIG_FILE).is_file():
+        raise ValueError(f"{repo} is not a model repository written by 'vidcls export' (no {REPOSITORY_CONFIG_FILE})")
+    config = VidclsConfig.load(repo / REPOSITORY_CONFIG_FILE)
+    if "gpu_precision" not in json.loads((repo / REPOSITORY_CONFIG_FILE).read_text()).get("serving", {}):
+        # Exported before the gpu target wrote FP16 graphs (and recorded it): its graphs are FP32.
+        config = config.replace(serving=dataclasses.replace(config.serving, gpu_precision="fp32"))
+    sv = config.serving
+    backbone = (repo / sv.backbone / "config.pbtxt").read_text()
+    decode_cfg = (repo / sv.decode / "config.pbtxt").read_text()
+    if re.search(r'^backend: "python"', backbone, re.M):
+        raise ValueError(f"{repo} is a cpu-target repository: it takes no GPU memory")
+    if re.search(r'^platform: "tensorrt_plan"', backbone, re.M):
+        backend = "tensorrt"
+    else:
+        backend = "onnxruntime" if re.search(r'name: "tensorrt"', backbone) else "onnxruntime-cuda"
+    decode = "dali" if re.search(r'^backend: "dali"', decode_cfg, re.M) else "cpu"
+    record_path = repo / PRECISION_RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    return config, backend, decode, record
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidcls.deploy_budget", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--repository", default=None,
+                   help="an exported gpu repository: budget its config, backend, decode step and the precision "
+                        "of its graphs (its precision.json)")
     p.add_argument("--config", help="a VidclsConfig JSON file (default: the built-in defaults)")
     p.add_argument("--backend", choices=BACKENDS, default="tensorrt")
     p.add_argument("--decode", choices=("dali", "cpu"), default="dali")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default=None,
+                   help="precision of the graphs, as `vidcls export --precision` (default: the config's "
+                        "serving.gpu_precision, fp16)")
     p.add_argument("--slice-mib", type=int, default=Assumptions.slice_mib,
                    help="usable memory of the MIG slice (1g.10gb: ~9728; 1g.20gb/2g.20gb: ~19968)")
     p.add_argument("--source", default=f"{Assumptions.source_width}x{Assumptions.source_height}",
@@ -345,17 +422,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="print every backend x decode combination")
     p.add_argument("--shm", action="store_true", help="also print the /dev/shm size a container needs")
     args = p.parse_args(argv)
-    config = VidclsConfig.load(args.config) if args.config else VidclsConfig()
+    record, source = None, "the default config"
+    if args.repository:
+        try:
+            config, backend, decode, record = read_repository(args.repository)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        source = f"repository {args.repository}" + ("" if record else f", no {PRECISION_RECORD_FILE}: weights by formula")
+        combos = [(backend, decode)]
+    else:
+        config = VidclsConfig.load(args.config) if args.config else VidclsConfig()
+        combos = ([(b, d) for b in BACKENDS for d in ("dali", "cpu")] if args.all else [(args.backend, args.decode)])
+    if args.precision:
+        config = config.replace(serving=dataclasses.replace(config.serving, gpu_precision=args.precision))
+        record = None  # another precision than the repository's: its graphs' bytes do not apply
     if args.shm:
         print(f"/dev/shm needed (python backend tensors, 32 MiB typical video): "
               f"{shm_budget_bytes(config) / MIB:.0f} MiB; docker/compose.yaml and deploy/k8s use 3 GiB\n")
     w, h = (int(x) for x in args.source.lower().split("x"))
     a = Assumptions(slice_mib=args.slice_mib, source_width=w, source_height=h)
-    combos = ([(b, d) for b in BACKENDS for d in ("dali", "cpu")]
-              if args.all else [(args.backend, args.decode)])
     ok = True
     for backend, decode in combos:
-        budget = compute_budget(config, backend, decode, a)
+        budget = compute_budget(config, backend, decode, a, record=record, source=source)
         print(format_table(budget))
         if decode == "dali":
             px = max_source_pixels(config, backend, a)

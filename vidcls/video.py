@@ -81,6 +81,12 @@ class ProbeResult:
     # Presentation time (s, from the first frame) of every counted frame in presentation order,
     # from the packets' pts; None when a packet had none. See frame_times().
     frame_pts_s: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # From the stream headers (no decoding): the codec profile FFmpeg names ("High 10", "Main 10",
+    # "Rext"), the bit depth and the chroma subsampling ("4:2:0", "4:2:2", "4:4:4", "4:0:0"; "rgb"
+    # for RGB-coded streams) of the coded pictures; None where the headers do not say.
+    profile: str | None = None
+    bit_depth: int | None = None
+    chroma: str | None = None
 
 
 class _Nameless:
@@ -167,6 +173,33 @@ def _check_resolution(width: int, height: int, limits: InputLimits) -> None:
                          f"{limits.max_width}x{limits.max_height}")
 
 
+def codec_name(stream) -> str:
+    """The codec of a video stream, as InputLimits.allowed_codecs names it: FFmpeg's decoder name,
+    except where that decoder wraps an external library (PyAV's FFmpeg decodes AV1 with
+    ``libdav1d``), where it is the codec's own name (``av1``)."""
+    ctx = stream.codec_context
+    return ctx.codec.canonical_name if ctx.name.startswith("lib") else ctx.name
+
+
+def picture_format(stream) -> tuple[int | None, str | None]:
+    """(bit depth, chroma subsampling) of the coded pictures, from the pixel format FFmpeg read in
+    the stream headers while opening the container; (None, None) when it is unknown."""
+    fmt = stream.codec_context.format
+    if fmt is None or not fmt.components:
+        return None, None
+    bits = max(c.bits for c in fmt.components)
+    if fmt.name.startswith(("gbr", "rgb", "bgr", "argb", "abgr", "0rgb", "0bgr", "x2rgb", "x2bgr")):
+        return bits, "rgb"
+    if len(fmt.components) < 3:  # gray, gray10le, ...: luma only (alpha, if any, is not chroma)
+        return bits, "4:0:0"
+    luma, cb = fmt.components[0], fmt.components[1]  # planar or semi-planar YUV: Y first, then Cb
+    if cb.height < luma.height:
+        return bits, "4:2:0"
+    if cb.width == luma.width:
+        return bits, "4:4:4"
+    return bits, "4:2:2" if 2 * cb.width >= luma.width else "4:1:1"
+
+
 def _video_stream(container):
     streams = [s for s in container.streams if s.type == "video"]
     # Attached pictures (cover art in audio files) are video streams with one frame: not video.
@@ -239,7 +272,7 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
             raise VideoError("container", f"container {container.format.name!r} is not allowed "
                              f"(allowed: {', '.join(limits.allowed_containers)})")
         stream = _video_stream(container)
-        codec = stream.codec_context.name
+        codec = codec_name(stream)
         if codec not in limits.allowed_codecs:
             raise VideoError("codec", f"codec {codec!r} is not allowed (allowed: {', '.join(limits.allowed_codecs)})")
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
@@ -301,8 +334,10 @@ def probe(source: Source, limits: InputLimits | None = None) -> ProbeResult:
         if len(all_pts) == count and time_base is not None:
             ticks = np.sort(np.frombuffer(all_pts, dtype=np.int64))
             pts_s = (ticks - ticks[0]) * float(time_base)
+        bit_depth, chroma = picture_format(stream)
         return ProbeResult(container=container.format.name, codec=codec, width=width, height=height,
-                           num_frames=count, duration_s=duration, size_bytes=size, frame_pts_s=pts_s)
+                           num_frames=count, duration_s=duration, size_bytes=size, frame_pts_s=pts_s,
+                           profile=stream.codec_context.profile, bit_depth=bit_depth, chroma=chroma)
 
 
 def frame_times(info: ProbeResult, indices) -> np.ndarray:
@@ -552,7 +587,7 @@ def _decode_by_seeking(source: Source, indices: np.ndarray, size: int, limits: I
             if not set(container.format.name.split(",")) & SEEK_CONTAINERS:
                 return None
             stream = _video_stream(container)
-            if stream.codec_context.name not in SEEK_CODECS:
+            if codec_name(stream) not in SEEK_CODECS:
                 return None
             pts: list[int] = []
             keyframe: list[bool] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidcls import nvdec
 from vidcls.config import DECODER_PARAMETER
 from vidcls.sampling import sample_indices
 from vidcls.triton_models import metrics
@@ -27,16 +28,21 @@ class ProbeModel(BatchedModel):
 
     def check_decoder(self, info) -> None:
         """A --decode dali repository: refuse what the DALI path cannot read, before DALI sees it
-        (the DALI backend fails the whole batch on one bad sample; serving.dali_codecs)."""
+        (the DALI backend fails the whole batch on one bad sample; serving.dali_codecs, and what the
+        NVDEC of serving.target_gpu decodes: vidcls.nvdec)."""
         if self.decoder != "dali":
             return
         s = self.config.serving
+        cpu = "; a --decode cpu deployment (PyAV) takes it"
         if info.codec not in s.dali_codecs:
             raise VideoError("dali_unsupported", f"codec {info.codec!r} is not decoded by this GPU repository "
-                             f"(DALI/NVDEC: {', '.join(s.dali_codecs)}); send it to a --decode cpu deployment")
+                             f"(DALI/NVDEC: {', '.join(s.dali_codecs)})" + cpu)
         if not set(info.container.split(",")) & set(s.dali_containers):
             raise VideoError("dali_unsupported", f"container {info.container!r} is not read by this GPU repository "
-                             f"(DALI: {', '.join(s.dali_containers)}); send it to a --decode cpu deployment")
+                             f"(DALI: {', '.join(s.dali_containers)})" + cpu)
+        why = nvdec.refusal(s.target_gpu, info.codec, info.bit_depth, info.chroma, info.profile)
+        if why:
+            raise VideoError("dali_unsupported", why + cpu)
 
     def process(self, batch):
         video = self.config.serving.video
