@@ -368,8 +368,7 @@ def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps:
 
 def backbone_standalone(config: VidclsConfig, model: Path, frames: np.ndarray, reps: int) -> dict:
     """The same ONNX file with the same session settings the served model uses, in this process."""
-    from vidcls.ort import chunked_run, make_session
-    from vidcls.triton_models.onnx_models import session_threads
+    from vidcls.ort import chunked_run, make_session, session_threads
 
     s = config.serving
     threads = session_threads(config, "backbone", s.cpu_backbone_instances or s.cpu_instances)
@@ -388,8 +387,7 @@ def dedup_check(config: VidclsConfig, model: Path, sets: dict[str, list[Path]]) 
     """Distinct decoded pictures per video, and the served features with and without the
     identical-frame skip on the production backbone: must be equal bit for bit."""
     from vidcls.dedup import distinct_frames, expand
-    from vidcls.ort import chunked_run, make_session
-    from vidcls.triton_models.onnx_models import session_threads
+    from vidcls.ort import chunked_run, make_session, session_threads
     from vidcls.video import load_frames
 
     s = config.serving
