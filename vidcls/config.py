@@ -17,16 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# Output width of each backbone with its classification head replaced by identity.
-# "tiny" is our own small random-init CNN for tests, the demo and offline use (see
-# vidcls.models.backbone); it is not an ImageNet model.
-BACKBONE_DIMS: dict[str, int] = {
-    "efficientnet_v2_s": 1280,
-    "efficientnet_v2_m": 1280,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "tiny": 128,
-}
+from vidcls.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+
+# Output width of each backbone with its classification head replaced by identity, from its
+# record (vidcls.backbones, where everything else about each backbone is too).
+BACKBONE_DIMS: dict[str, int] = {name: spec.feature_dim for name, spec in BACKBONES.items()}
 # Features computed outside vidcls (a reference project's feature file, another extractor): any
 # width, known only from the files. Training and evaluation read them; extraction and export
 # refuse this backbone, since vidcls cannot compute such features from video.
@@ -56,9 +51,10 @@ def backbones_for_width(feature_dim: int) -> list[str]:
 
 
 def default_backbone_weights(backbone: str) -> str:
-    """``none`` for the tiny CNN (random init: it has no ImageNet weights), else ``imagenet``
-    (external features included: the reference project's came from ImageNet CNNs)."""
-    return "none" if backbone == "tiny" else "imagenet"
+    """``none`` for a backbone without pretrained weights (the tiny CNN: random init), else
+    ``imagenet`` (external features included: the reference project's came from ImageNet CNNs)."""
+    spec = BACKBONES.get(backbone)
+    return "none" if spec is not None and not spec.pretrained else "imagenet"
 
 
 @dataclass(frozen=True)
@@ -350,8 +346,8 @@ class VidclsConfig:
     classes: tuple[str, ...] = CLASSES
     num_frames: int = 64
     frame_size: int = 256
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet_v2_s"
     backbone_batch: int = 24
     scales: tuple[float, ...] = (1.0, 0.85, 1.15)
@@ -453,12 +449,14 @@ class VidclsConfig:
     @classmethod
     def for_backbone(cls, backbone: str, feature_dim: int | None = None, **overrides: Any) -> "VidclsConfig":
         """A config for ``backbone`` with temporal.feature_dim set to match it (``feature_dim``
-        gives the width of an :data:`EXTERNAL_BACKBONE`)."""
+        gives the width of an :data:`EXTERNAL_BACKBONE`) and the normalization its weights expect."""
         temporal = overrides.pop("temporal", TemporalConfig())
         if isinstance(temporal, Mapping):
             temporal = TemporalConfig(**temporal)
         if backbone != EXTERNAL_BACKBONE:
             feature_dim = BACKBONE_DIMS[backbone]
+            overrides.setdefault("mean", BACKBONES[backbone].mean)
+            overrides.setdefault("std", BACKBONES[backbone].std)
         elif feature_dim is None:
             raise ValueError(f"backbone {EXTERNAL_BACKBONE!r} needs the feature width")
         temporal = dataclasses.replace(temporal, feature_dim=int(feature_dim))
