@@ -6,8 +6,9 @@ layer needs to know about a backbone: how to build it (``builder``, resolved by
 the config checks a temporal model against), its parameter count, the torchvision weights it is
 served with (enum name and version), the head that is replaced by identity, the normalization
 those weights expect, and the layer table the GPU memory budget walks
-(:mod:`vidcls.deploy_budget`). ``tests/test_backbones.py`` builds each one with torch and checks
-every field against the network and its torchvision weights record.
+(:mod:`vidcls.deploy_budget`). The tests check every record against torchvision's own weights
+record (tests/test_backbones.py) and against the network torch builds from it (parameters,
+feature width, the budget's layer walk: tests/test_deploy.py).
 
 Torch-free: the config, the python-backend models, the client and the deployment budget import it.
 """
