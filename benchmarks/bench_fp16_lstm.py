@@ -11,6 +11,7 @@ from the FP32 model at the served view lengths. How cuDNN or TensorRT order the 
 inside their LSTM kernels may differ: the GPU run (benchmarks/gpu_bench.py) is what decides.
 
     .venv/bin/python benchmarks/bench_fp16_lstm.py [--batch 8] [--seed 42]
+    .venv/bin/python benchmarks/bench_fp16_lstm.py --smoke    # the tiny temporal model: the script runs (make test)
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny temporal model (VidclsConfig.tiny), batch 2: checks that the script runs")
     args = parser.parse_args(argv)
-    config = VidclsConfig()
+    config = VidclsConfig.tiny() if args.smoke else VidclsConfig()
+    if args.smoke:
+        args.batch = min(args.batch, 2)
     torch.manual_seed(args.seed)
     model = SuperEnhancedTemporalModel(config.temporal).eval()
     full = ExportableTemporal(model).eval()

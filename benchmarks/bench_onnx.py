@@ -1,6 +1,7 @@
 """ONNX Runtime vs PyTorch eager on the CPU, same thread count, production-size models (random weights).
 
     .venv/bin/python benchmarks/bench_onnx.py [--threads 2] [--repeats 5] [--frames 8]
+    .venv/bin/python benchmarks/bench_onnx.py --smoke    # the tiny test models, once: the script runs (make test)
 
 Prints ms per sequence for the temporal model (65M parameters) at L=73, batch 1 and 8, and frames/s
 of the EfficientNetV2-S backbone at 256x256. A quick measurement, not a test: these machines are
@@ -78,9 +79,13 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frames", type=int, default=8, help="frames per backbone call")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny test models (VidclsConfig.tiny), one repetition: checks that the script runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = VidclsConfig()
+    config = VidclsConfig.tiny() if args.smoke else VidclsConfig()
+    if args.smoke:
+        args.repeats, args.frames = 1, 2
     print(f"torch {torch.__version__}, {args.threads} threads (torch and ONNX Runtime), median of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         for row in bench_temporal(config, Path(tmp), args.threads, args.repeats):

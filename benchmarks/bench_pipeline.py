@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_pipeline.py            # both sets, defaults (~10 min on 2 cores)
     .venv/bin/python benchmarks/bench_pipeline.py --quick    # fewer videos and concurrencies
+    .venv/bin/python benchmarks/bench_pipeline.py --smoke    # tiny models, 3 clips: the script runs (make test)
     .venv/bin/python benchmarks/bench_pipeline.py --variants default no-dedup throughput   # each change (~25 min)
     .venv/bin/python benchmarks/bench_pipeline.py --sets current --variants before default # what the ORT thread tuning bought
     .venv/bin/python benchmarks/bench_pipeline.py --variants default int8   # + the opt-in INT8 backbone
@@ -56,8 +57,8 @@ import numpy as np
 from vidcls.config import VidclsConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames,
-                           run_load)  # same checkpoints, inputs and load loop
+from bench_serving import (VP9_FAST, encode_once, make_checkpoints, panning_frames, run_load, smoke_config,
+                           work_dir)  # same checkpoints, inputs and load loop
 
 # Serving settings before the CPU tuning (what the code did: every session ORT defaults, spinning on).
 BEFORE = {"ort_intra_op_threads": 0, "backbone_threads": 0, "temporal_threads": 0, "ort_spinning": True,
@@ -242,8 +243,8 @@ def configure_repository(config: VidclsConfig, repo: Path) -> None:
     validate_repository(repo)
 
 
-def variant_config(spec: str) -> tuple[str, VidclsConfig]:
-    base = VidclsConfig()
+def variant_config(spec: str, base: VidclsConfig | None = None) -> tuple[str, VidclsConfig]:
+    base = base or VidclsConfig()
     name, _, assignments = spec.partition(":")
     changes: dict = dict(NAMED_VARIANTS.get(name, {}))
     if name not in NAMED_VARIANTS and name != "default" and not assignments:
@@ -368,8 +369,7 @@ def backbone_in_triton(url: str, config: VidclsConfig, frames: np.ndarray, reps:
 
 def backbone_standalone(config: VidclsConfig, model: Path, frames: np.ndarray, reps: int) -> dict:
     """The same ONNX file with the same session settings the served model uses, in this process."""
-    from vidcls.ort import chunked_run, make_session
-    from vidcls.triton_models.onnx_models import session_threads
+    from vidcls.ort import chunked_run, make_session, session_threads
 
     s = config.serving
     threads = session_threads(config, "backbone", s.cpu_backbone_instances or s.cpu_instances)
@@ -388,8 +388,7 @@ def dedup_check(config: VidclsConfig, model: Path, sets: dict[str, list[Path]]) 
     """Distinct decoded pictures per video, and the served features with and without the
     identical-frame skip on the production backbone: must be equal bit for bit."""
     from vidcls.dedup import distinct_frames, expand
-    from vidcls.ort import chunked_run, make_session
-    from vidcls.triton_models.onnx_models import session_threads
+    from vidcls.ort import chunked_run, make_session, session_threads
     from vidcls.video import load_frames
 
     s = config.serving
@@ -533,10 +532,12 @@ SETTINGS = ("backbone_precision", "dedup_frames", "answer_cache_entries", "tempo
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    models = ("Smoke run: the tiny test models, figures mean nothing." if report.get("smoke") else
+              "Default config: EfficientNetV2-S 256x256 x 64 frames (random init), 4 x 65M-parameter temporal models, "
+              "4 TTA views.")
     lines = ["# vidcls pipeline benchmark", "",
              f"Machine: {m['cpus']} cores, {m['cpu_model']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}. "
-             "Default config: EfficientNetV2-S 256x256 x 64 frames (random init), 4 x 65M-parameter temporal models, "
-             "4 TTA views.", ""]
+             + models, ""]
     d = report.get("dedup")
     if d:
         lines += ["Distinct decoded pictures of the 64 sampled frames per video: "
@@ -608,7 +609,8 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--work", default="runs/bench_pipeline", help="cache (checkpoints, repository, videos) and report")
+    parser.add_argument("--work", default=None, help="cache (checkpoints, repository, videos) and report (default "
+                                                    "runs/bench_pipeline, runs/bench_pipeline_smoke with --smoke)")
     parser.add_argument("--sets", nargs="+", default=["current", "mix"], choices=["current", "mix"],
                         help="video sets: the panning clips, the content mix (content_mix.py)")
     parser.add_argument("--videos", type=int, default=6, help="videos of the current set")
@@ -628,16 +630,22 @@ def main(argv=None) -> int:
     parser.add_argument("--load-threshold", type=float, default=1.5)
     parser.add_argument("--max-wait", type=float, default=180.0, help="seconds to wait for the load to drop per phase")
     parser.add_argument("--rebuild", action="store_true", help="re-export the repository")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny test models, 1 + 2 clips, reference on 1, concurrency 1, no waiting for a quiet "
+                             "machine: checks that the script runs, measures nothing")
     args = parser.parse_args(argv)
     if args.quick:
         args.videos, args.mix_videos = min(args.videos, 4), min(args.mix_videos, 4)
+    if args.smoke:
+        args.videos, args.mix_videos, args.reference_videos = 1, 2, 1
+        args.concurrency, args.min_requests, args.backbone_reps, args.max_wait = [1], 1, 1, 0.0
     concurrencies = args.concurrency or ([1, 2] if args.quick else [1, 4])
     reps = args.backbone_reps or (2 if args.quick else 3)
     quiet = (args.load_threshold, args.max_wait)
 
     t_start = time.perf_counter()
-    work = Path(args.work)
-    config = VidclsConfig()
+    work = work_dir(args.work, "bench_pipeline", args.smoke)
+    config = smoke_config() if args.smoke else VidclsConfig()
     print("preparing checkpoints, repository and videos (cached in", work, ")", flush=True)
     checkpoints = make_checkpoints(config, work / "checkpoints")
     repo = work / "repo_cpu"
@@ -662,11 +670,11 @@ def main(argv=None) -> int:
         alone = backbone_standalone(config, model, frames, 1)
         NAMED_VARIANTS["throughput"] = dict(NAMED_VARIANTS["throughput"],
                                             temporal_queue_delay_us=int(1e6 * config.num_frames / alone["frames_per_s"]))
-    variants = [variant_config(v) for v in args.variants]
+    variants = [variant_config(v, config) for v in args.variants]
     int8_variants = [cfg for _, cfg in variants if cfg.serving.backbone_precision == "int8"]
 
     report: dict = {"machine": machine(), "sets": {k: [p.name for p in v] for k, v in sets.items()}, "dedup": dedup,
-                    "variants": [], "reference": {},
+                    "variants": [], "reference": {}, "smoke": args.smoke,
                     "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))}
     if int8_variants:
         report["int8_check"] = prepare_int8(int8_variants[0], repo, [p for v in sets.values() for p in v])

@@ -1,6 +1,7 @@
 """The Triton cpu pipeline with production-size models: videos/s and latency over gRPC.
 
     .venv/bin/python benchmarks/bench_serving.py [--videos 6] [--concurrency 1 2] [--work DIR]
+    .venv/bin/python benchmarks/bench_serving.py --smoke   # tiny models, 2 short clips: the script runs (make test)
 
 Default config (T=64 frames of 256x256, EfficientNetV2-S with random weights, four 65M-parameter
 temporal models with random weights, 4 TTA views), a cpu repository built with
@@ -41,6 +42,18 @@ def make_checkpoints(config: VidclsConfig, out: Path) -> Path:
     return out
 
 
+# What --smoke runs: the test suite's tiny models (vidcls.config.VidclsConfig.tiny), a few short
+# clips, one request at a time. It checks that a benchmark still runs end to end; its figures mean nothing.
+def smoke_config() -> VidclsConfig:
+    return VidclsConfig.tiny(num_models=2)
+
+
+def work_dir(work: str | None, name: str, smoke: bool) -> Path:
+    """``--work``, else runs/NAME, or runs/NAME_smoke for a smoke run (so that its tiny models and
+    short clips never land in the cache a real run reuses)."""
+    return Path(work or f"runs/{name}{'_smoke' if smoke else ''}")
+
+
 # libvpx's fast settings: benchmark inputs are encoded once, their encoding speed is not measured.
 VP9_FAST = {"deadline": "realtime", "cpu-used": "8"}
 
@@ -75,7 +88,7 @@ def make_videos(out: Path, count: int, seconds: float = 10.0, size=(320, 240), f
     paths = []
     for i in range(count):
         vp9 = i % 3 == 2
-        paths.append(encode_once(out / f"bench_{i}{'.webm' if vp9 else '.mp4'}",
+        paths.append(encode_once(out / f"bench_{i}_{seconds:g}s{'.webm' if vp9 else '.mp4'}",
                                  panning_frames(int(seconds * fps), size, seed=i),
                                  "libvpx-vp9" if vp9 else "libx264", VP9_FAST if vp9 else None, fps))
     return paths
@@ -152,19 +165,25 @@ def model_compute(server) -> dict[str, tuple[int, int, float]]:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--work", default="runs/bench_serving")
+    parser.add_argument("--work", default=None, help="cache and logs (default runs/bench_serving, "
+                                                    "runs/bench_serving_smoke with --smoke)")
     parser.add_argument("--rebuild", action="store_true", help="re-export the repository")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny test models, 2 clips of 1 s, concurrency 1: checks that the script runs, measures nothing")
+    args = parser.parse_args(argv)
 
     from vidcls.export.repository import build_repository, validate_repository
     from vidcls.launcher import TritonServer
 
-    config = VidclsConfig()
-    work = Path(args.work)
+    config = smoke_config() if args.smoke else VidclsConfig()
+    seconds = 1.0 if args.smoke else 10.0
+    if args.smoke:
+        args.videos, args.concurrency = min(args.videos, 2), [1]
+    work = work_dir(args.work, "bench_serving", args.smoke)
     t0 = time.perf_counter()
     checkpoints = make_checkpoints(config, work / "checkpoints")
     repo = work / "repo_cpu"
@@ -174,7 +193,7 @@ def main() -> int:
         validate_repository(repo)
     except (ValueError, FileNotFoundError):
         build_repository(checkpoints, repo, target="cpu")
-    videos = make_videos(work / "videos", args.videos)
+    videos = make_videos(work / "videos", args.videos, seconds)
     payloads = [(p.name, np.frombuffer(p.read_bytes(), np.uint8)[None]) for p in videos]
     print(f"prepared checkpoints, cpu repository and {len(videos)} videos in {time.perf_counter() - t0:.0f} s")
 
@@ -185,7 +204,8 @@ def main() -> int:
         rows = [run_load(server.grpc_url, config, payloads, c) for c in args.concurrency]
         compute = model_compute(server)
 
-    print("\nTriton cpu pipeline, default config (EfficientNetV2-S 256x256 x 64 frames, 4 x 65M temporal, 4 views)")
+    print("\nTriton cpu pipeline, " + ("tiny test models (smoke run)" if args.smoke else
+                                        "default config (EfficientNetV2-S 256x256 x 64 frames, 4 x 65M temporal, 4 views)"))
     print(f"{'concurrency':>11} {'videos':>6} {'errors':>6} {'videos/s':>9} {'p50 s':>7} {'p95 s':>7}")
     for r in rows:
         print(f"{r['concurrency']:>11} {r['videos']:>6} {len(r['errors']):>6} {r['videos_per_s']:>9.3f} "

@@ -25,6 +25,7 @@ import yaml
 
 from vidcls import admin_access
 from vidcls import deploy_budget as db
+from vidcls.backbones import BACKBONES
 from vidcls.config import VidclsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -527,8 +528,9 @@ def test_temporal_param_formula_matches_torch(cfg):
     assert db.temporal_params(cfg) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_v2_s", "tiny"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_backbone_params_and_activation_walk_match_torch(backbone):
+    """Each backbone's record (parameters, feature width, layer table) against the network torch builds."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchvision")
     from vidcls.models.backbone import build_backbone
@@ -546,9 +548,10 @@ def test_backbone_params_and_activation_walk_match_torch(backbone):
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     with torch.inference_mode():
-        model(torch.zeros(1, cfg.frame_size, cfg.frame_size, 3, dtype=torch.uint8))
+        out = model(torch.zeros(1, cfg.frame_size, cfg.frame_size, 3, dtype=torch.uint8))
     for h in handles:
         h.remove()
+    assert out.shape == (1, BACKBONES[backbone].feature_dim)
     peak = db.backbone_peak_elements_per_frame(cfg)
     assert largest <= peak <= 4 * largest, (largest, peak)
 

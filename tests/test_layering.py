@@ -106,6 +106,17 @@ def test_the_graph_is_read():
     assert "torch" in GRAPH["vidcls.models.temporal"] and "vidcls.training.extract" in GRAPH["vidcls.training.distributed"]
 
 
+def test_the_folder_map_is_pyprojects_and_documented():
+    """PACKAGES above is what pyproject installs, and docs/development.md says so for each folder."""
+    import tomllib
+
+    dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert {folder: package for package, folder in dirs.items()} == PACKAGES
+    doc = (ROOT / "docs" / "development.md").read_text()
+    missing = [f for f, p in PACKAGES.items() if f"| `{f}/` | `{p}`" not in doc]
+    assert not missing, f"docs/development.md's folder table lacks {missing}"
+
+
 def test_core_imports_no_outer_layer():
     bad = [f"{m} imports {d}" for m, deps in GRAPH.items() if _layer(m) == "core"
            for d in deps if d in MODULES and _layer(d) != "core"]

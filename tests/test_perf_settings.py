@@ -11,7 +11,8 @@ import pytest
 
 from vidcls.config import VidclsConfig
 from vidcls.export.repository import build_repository, validate_repository
-from vidcls.triton_models.onnx_models import instance_count, session_threads, usable_cores
+from vidcls.ort import session_threads, usable_cores
+from vidcls.triton_models.onnx_models import instance_count
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vidcls.arguments import config_file, existing_file
+from vidcls.backbones import BACKBONES
 from vidcls.config import (BACKBONE_DIMS, EXTERNAL_BACKBONE, TemporalConfig, VidclsConfig, backbones_for_width,
                            default_backbone_weights)
 
@@ -244,9 +245,9 @@ def _convert(file, out_dir, backbone, backbone_weights, base) -> tuple[Path, tup
         raise CheckpointImportError(f"{file}: model_config is a {type(model_config).__name__}, not a dict")
     config = config_for(model_config, backbone, base, source=str(file))
     weights = backbone_weights or default_backbone_weights(config.backbone)
-    if config.backbone == "tiny" and weights == "imagenet":
-        raise CheckpointImportError(f"{file}: the tiny backbone has no ImageNet weights: pass --backbone-weights "
-                                    "none or a weights file")
+    if weights == "imagenet" and config.backbone in BACKBONES and not BACKBONES[config.backbone].pretrained:
+        raise CheckpointImportError(f"{file}: the {config.backbone} backbone has no ImageNet weights: pass "
+                                    "--backbone-weights none or a weights file")
     try:
         model = SuperEnhancedTemporalModel(config.temporal)
         model.load_state_dict(state)  # strict: every reference parameter name and shape must match ours

@@ -17,16 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# Output width of each backbone with its classification head replaced by identity.
-# "tiny" is our own small random-init CNN for tests, the demo and offline use (see
-# vidcls.models.backbone); it is not an ImageNet model.
-BACKBONE_DIMS: dict[str, int] = {
-    "efficientnet_v2_s": 1280,
-    "efficientnet_v2_m": 1280,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "tiny": 128,
-}
+from vidcls.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+
+# Output width of each backbone with its classification head replaced by identity, from its
+# record (vidcls.backbones, where everything else about each backbone is too).
+BACKBONE_DIMS: dict[str, int] = {name: spec.feature_dim for name, spec in BACKBONES.items()}
 # Features computed outside vidcls (a reference project's feature file, another extractor): any
 # width, known only from the files. Training and evaluation read them; extraction and export
 # refuse this backbone, since vidcls cannot compute such features from video.
@@ -56,9 +51,10 @@ def backbones_for_width(feature_dim: int) -> list[str]:
 
 
 def default_backbone_weights(backbone: str) -> str:
-    """``none`` for the tiny CNN (random init: it has no ImageNet weights), else ``imagenet``
-    (external features included: the reference project's came from ImageNet CNNs)."""
-    return "none" if backbone == "tiny" else "imagenet"
+    """``none`` for a backbone without pretrained weights (the tiny CNN: random init), else
+    ``imagenet`` (external features included: the reference project's came from ImageNet CNNs)."""
+    spec = BACKBONES.get(backbone)
+    return "none" if spec is not None and not spec.pretrained else "imagenet"
 
 
 @dataclass(frozen=True)
@@ -249,12 +245,12 @@ class ServingConfig:
     # neither reads nor writes the cache.
     answer_cache_entries: int = 65536
     cache_parameter: str = "answer_cache"
-    # Throughput mode for the temporal models (cpu target, python backend). Two videos in one
-    # temporal batch cost ~0.50 s per video and model instead of ~0.68 s alone (2-core AVX2
-    # machine), but videos leave the backbone seconds apart, so batches of two rarely form by
-    # chance. temporal_preferred_videos = N (> 1) makes each temporal model wait up to
-    # temporal_queue_delay_us for the views of N videos before it runs; size the delay from the
-    # backbone's time per video (what separates two videos at the temporal step under load).
+    # Throughput mode for the temporal models (cpu target, python backend). A video batched with
+    # another costs each temporal model less than one run alone, but videos leave the backbone
+    # seconds apart, so batches of two rarely form by chance. temporal_preferred_videos = N (> 1)
+    # makes each temporal model wait up to temporal_queue_delay_us for the views of N videos
+    # before it runs; size the delay from the backbone's time per video (what separates two
+    # videos at the temporal step under load).
     # 0 = off (the default: a lone video never waits; docs/performance.md has the measurements).
     temporal_preferred_videos: int = 0
     temporal_queue_delay_us: int = 0
@@ -263,9 +259,8 @@ class ServingConfig:
     cpu_instances: int = 1
     # cpu target, backbone instances (0 = cpu_instances). Two instances, each with all cores
     # (backbone_threads 0, spinning off): one video alone gets every core, two videos in flight
-    # run side by side. bench_pipeline on 2 cores, same run: 0.169 videos/s at concurrency 4 like
-    # two single-thread instances, and 0.150 vs 0.104 videos/s at concurrency 1; the settings
-    # before this tuning (one instance, spinning pools): 0.136-0.145.
+    # run side by side, so neither a lone video nor a full load leaves cores idle
+    # (docs/performance.md, "ONNX Runtime threads").
     cpu_backbone_instances: int = 2
     gpu_model_instances: int = 1
     gpu_python_instances: int = 2
@@ -295,7 +290,7 @@ class ServingConfig:
     temporal_threads: int = 1
     # ONNX Runtime's idle intra-op threads spin-wait by default: with the backbone, four temporal
     # sessions and the decoder in separate processes on few cores, spinning pools burn the cores
-    # the busy one needs (a 64-frame backbone run took 2.6x its standalone time inside Triton).
+    # the busy one needs (docs/performance.md, "ONNX Runtime threads").
     ort_spinning: bool = False
     # gpu target, temporal (BiLSTM) models: "onnxruntime" (Triton's onnxruntime backend; cuDNN's
     # LSTM through the CUDA EP) or "tensorrt" (an FP16 plan). TensorRT has known slow and wrong
@@ -315,11 +310,12 @@ class ServingConfig:
     # Backbone precision: "fp32" (default; the served probabilities equal the PyTorch reference)
     # or "int8" (opt-in, `vidcls export --int8-calibration VIDEOS`): ONNX Runtime static
     # quantization, QDQ format (per-channel int8 weights, uint8 activations, MinMax ranges from
-    # int8_calibration_frames sampled frames of the user's videos). The same QDQ graph serves the
-    # cpu target (ONNX Runtime, 1.6x the FP32 frames/s on a 2-core AVX2 EPYC) and TensorRT's explicit
-    # INT8. The export refuses a graph whose features have a cosine similarity below
-    # int8_min_cosine with the FP32 features on any of int8_check_frames other frames (it refused
-    # on every stand-in for ImageNet weights we could build: vidcls.export.quantize).
+    # int8_calibration_frames sampled frames of the user's videos), for the cpu target only: ONNX
+    # Runtime runs the QDQ graph on integer kernels (faster, docs/performance.md), TensorRT takes no
+    # unsigned activations (the gpu export refuses it). The export refuses a graph whose features
+    # have a cosine similarity below int8_min_cosine with the FP32 features on any of
+    # int8_check_frames other frames (it refused on every stand-in for ImageNet weights we could
+    # build: vidcls.export.quantize).
     backbone_precision: str = "fp32"
     # The temporal models' graphs: "fp32" (cpu target) or "fp16" (gpu target, see below).
     temporal_precision: str = "fp32"
@@ -350,8 +346,8 @@ class VidclsConfig:
     classes: tuple[str, ...] = CLASSES
     num_frames: int = 64
     frame_size: int = 256
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     backbone: str = "efficientnet_v2_s"
     backbone_batch: int = 24
     scales: tuple[float, ...] = (1.0, 0.85, 1.15)
@@ -453,12 +449,14 @@ class VidclsConfig:
     @classmethod
     def for_backbone(cls, backbone: str, feature_dim: int | None = None, **overrides: Any) -> "VidclsConfig":
         """A config for ``backbone`` with temporal.feature_dim set to match it (``feature_dim``
-        gives the width of an :data:`EXTERNAL_BACKBONE`)."""
+        gives the width of an :data:`EXTERNAL_BACKBONE`) and the normalization its weights expect."""
         temporal = overrides.pop("temporal", TemporalConfig())
         if isinstance(temporal, Mapping):
             temporal = TemporalConfig(**temporal)
         if backbone != EXTERNAL_BACKBONE:
             feature_dim = BACKBONE_DIMS[backbone]
+            overrides.setdefault("mean", BACKBONES[backbone].mean)
+            overrides.setdefault("std", BACKBONES[backbone].std)
         elif feature_dim is None:
             raise ValueError(f"backbone {EXTERNAL_BACKBONE!r} needs the feature width")
         temporal = dataclasses.replace(temporal, feature_dim=int(feature_dim))

@@ -13,8 +13,8 @@ backend, decode step and graphs); without it the budget is that of the default c
 ``vidcls export --target gpu`` writes it (mixed-precision FP16 graphs, whose LSTMs stay FP32).
 
 Why computed and not measured: the development machines have no GPU. The parameter counts are
-exact (the temporal model's by formula, the backbones' from torchvision; ``tests/test_deploy.py``
-builds the models with torch and checks both). Activations are an upper estimate from a walk over
+exact (the temporal model's by formula, the backbones' from their records in
+:mod:`vidcls.backbones`; the tests build the models with torch and check both). Activations are an upper estimate from a walk over
 the architecture (largest set of tensors alive at once inside a block, times a safety factor).
 On a real slice, confirm with ``nvidia-smi`` after a warm-up at full batch (docs/deployment.md).
 
@@ -29,20 +29,11 @@ import sys
 from dataclasses import dataclass
 from typing import Iterator
 
+from vidcls.backbones import BACKBONES
 from vidcls.config import PRECISION_RECORD_FILE, REPOSITORY_CONFIG_FILE, VidclsConfig
 
 MIB = 1024 ** 2
 BACKENDS = ("tensorrt", "onnxruntime", "onnxruntime-cuda")
-
-# Backbone parameter counts with the classification head replaced by identity (torchvision
-# builds; checked against torch in tests/test_deploy.py). The tiny CNN is ours (4 convs).
-BACKBONE_PARAMS: dict[str, int] = {
-    "efficientnet_v2_s": 20_177_488,
-    "efficientnet_v2_m": 52_858_356,
-    "resnet50": 23_508_032,
-    "resnet101": 42_500_160,
-    "tiny": 60_512,
-}
 
 
 @dataclass(frozen=True)
@@ -167,27 +158,17 @@ def weight_bytes(config: VidclsConfig, role: str) -> int:
 
 
 def backbone_params(config: VidclsConfig) -> int:
-    return BACKBONE_PARAMS[config.backbone]
+    return BACKBONES[config.backbone].params
 
 
 # ---- activation estimates --------------------------------------------------------------------
-# torchvision's stage tables: (kind, expand ratio, stride, out channels, layers).
-_EFFNET_V2 = {
-    "efficientnet_v2_s": (24, [("fused", 1, 1, 24, 2), ("fused", 4, 2, 48, 4), ("fused", 4, 2, 64, 4),
-                               ("mb", 4, 2, 128, 6), ("mb", 6, 1, 160, 9), ("mb", 6, 2, 256, 15)]),
-    "efficientnet_v2_m": (24, [("fused", 1, 1, 24, 3), ("fused", 4, 2, 48, 5), ("fused", 4, 2, 80, 5),
-                               ("mb", 4, 2, 160, 7), ("mb", 6, 1, 176, 14), ("mb", 6, 2, 304, 18),
-                               ("mb", 6, 1, 512, 5)]),
-}
-_RESNET_LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
-
-
 def _block_live_elements(config: VidclsConfig) -> Iterator[int]:
-    """Elements alive at once inside each block of the backbone, per frame (input, hidden, output)."""
+    """Elements alive at once inside each block of the backbone, per frame (input, hidden, output),
+    from the layer table of its record (:class:`vidcls.backbones.BackboneSpec`)."""
     s = config.frame_size
-    name = config.backbone
-    if name in _EFFNET_V2:
-        stem, stages = _EFFNET_V2[name]
+    spec = BACKBONES[config.backbone]
+    stem, stages = spec.stem, spec.stages
+    if spec.family == "efficientnet_v2":
         side = -(-s // 2)
         yield 3 * s * s + stem * side * side
         cin = stem
@@ -200,28 +181,28 @@ def _block_live_elements(config: VidclsConfig) -> Iterator[int]:
                 n_hidden = (1 if kind == "fused" else 2) if expand != 1 else 0
                 yield cin * side * side + n_hidden * hidden * out_side * out_side + cout * out_side * out_side
                 cin, side = cout, out_side
-        yield cin * side * side + 1280 * side * side  # 1x1 head conv
-    elif name in _RESNET_LAYERS:
+        yield cin * side * side + spec.feature_dim * side * side  # 1x1 head conv
+    elif spec.family == "resnet":
         side = -(-s // 2)
-        yield 3 * s * s + 64 * side * side
+        yield 3 * s * s + stem * side * side
         side = -(-side // 2)  # max pool
-        cin = 64
-        for stage, blocks in enumerate(_RESNET_LAYERS[name]):
-            width = 64 * 2 ** stage
+        cin = stem
+        for stage, blocks in enumerate(stages):
+            width = stem * 2 ** stage
             for i in range(blocks):
                 st = 2 if (i == 0 and stage > 0) else 1
                 out_side = -(-side // st)
                 yield cin * side * side + width * side * side + width * out_side * out_side + 4 * width * out_side * out_side
                 cin, side = 4 * width, out_side
-    elif name == "tiny":
-        chans = [3, 16, 32, 64, config.feature_dim // 2]
+    elif spec.family == "tiny":
+        chans = [3, *stages]
         side = s
         for cin, cout in zip(chans[:-1], chans[1:]):
             out_side = -(-side // 2)
             yield cin * side * side + cout * out_side * out_side
             side = out_side
-    else:  # pragma: no cover - BACKBONE_DIMS and these tables move together
-        raise ValueError(f"no activation table for backbone {name!r}")
+    else:  # pragma: no cover - a record of a family this walk does not know
+        raise ValueError(f"no activation walk for backbone {spec.name!r} ({spec.family})")
 
 
 def backbone_peak_elements_per_frame(config: VidclsConfig) -> int:

@@ -9,7 +9,8 @@ sessions here, so every caller gets the same settings:
   scheduling overhead and oversubscribes cores that Triton's other model instances share;
 - ``intra_op_threads`` (0 = ONNX Runtime's default, one per physical core) and
   ``inter_op_threads`` = 1, so several Triton instances can share a machine without each one
-  starting a full pool.
+  starting a full pool; :func:`session_threads` is the thread policy per role (the served models
+  and the benchmarks that time their sessions alone ask it, so both run the same pool).
 
 Providers are given by short name: ``"cpu"`` (default), ``"cuda"``, ``"tensorrt"`` (TensorRT EP
 with the workspace of ``config.serving.trt_workspace_bytes``; TensorRT 11 computes in the graph's
@@ -96,6 +97,27 @@ def resolve_providers(providers: Iterable[ProviderSpec] | str | None = None,
     # ONNX Runtime hands each node to the first provider in the list that takes it: TensorRT must
     # come before CUDA or it never gets a node, CPU last. Order among equals is kept.
     return sorted(resolved, key=lambda item: _PRIORITY.get(item[0], 1))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's cpuset, not the host's core count
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def session_threads(config: VidclsConfig, role: str, instances: int = 1) -> int:
+    """intra-op threads of ``role``'s ('backbone' | 'temporal') session: the per-role setting,
+    else ``ort_intra_op_threads``. For the backbone 0 = every usable core (a container's cpuset,
+    which ONNX Runtime's own default does not read) and -1 = the usable cores split among its
+    ``instances``; otherwise 0 = ONNX Runtime's default (one per physical core)."""
+    s = config.serving
+    if role == "backbone":
+        own = int(s.backbone_threads)
+        if own < 0:
+            return max(1, usable_cores() // max(1, instances))
+        return own or int(s.ort_intra_op_threads) or usable_cores()
+    return int(s.temporal_threads or s.ort_intra_op_threads)
 
 
 def make_session(path: str | os.PathLike, intra_op_threads: int = 0,

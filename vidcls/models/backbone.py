@@ -4,6 +4,7 @@ Preprocessing (/255, ImageNet mean/std, NHWC→NCHW) is part of the module, so t
 graph / TensorRT engine takes the decoder's uint8 frames directly and nothing between decode and
 backbone copies or converts them.
 
+Which network, which weights and which head: the backbone's record (:mod:`vidcls.backbones`).
 Weights: ``imagenet`` (torchvision's, needs them in the torch hub cache: nothing is downloaded on
 these machines), a local file (a state_dict saved with torch.save or safetensors) or ``none``
 (random init from a fixed seed, deterministic, for tests and offline use).
@@ -11,12 +12,15 @@ these machines), a local file (a state_dict saved with torch.save or safetensors
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from vidcls.config import BACKBONE_DIMS, EXTERNAL_BACKBONE, VidclsConfig
+from vidcls.backbones import BACKBONES, BackboneSpec
+from vidcls.config import EXTERNAL_BACKBONE, VidclsConfig
 from vidcls.errors import VidclsError
 
 
@@ -28,10 +32,9 @@ class TinyCNN(nn.Module):
     look and the strongest local responses (text, outlines, HUD).
     """
 
-    def __init__(self, dim: int = BACKBONE_DIMS["tiny"]):
+    def __init__(self, channels: Sequence[int] = BACKBONES["tiny"].stages):
         super().__init__()
-        half = dim // 2
-        chans = [3, 16, 32, 64, half]
+        chans = [3, *channels]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]
@@ -42,25 +45,23 @@ class TinyCNN(nn.Module):
         return torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
 
 
-def _torchvision_model(name: str, imagenet: bool) -> nn.Module:
-    import torchvision.models as tvm
-
-    weights = {
-        "efficientnet_v2_s": tvm.EfficientNet_V2_S_Weights.IMAGENET1K_V1,
-        "efficientnet_v2_m": tvm.EfficientNet_V2_M_Weights.IMAGENET1K_V1,
-        "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
-        "resnet101": tvm.ResNet101_Weights.IMAGENET1K_V2,
-    }[name]
+def build_cnn(spec: BackboneSpec, imagenet: bool) -> nn.Module:
+    """The network ``spec`` names, its head replaced by identity, with its pretrained weights
+    (``imagenet``) or randomly initialised."""
+    module, attr = spec.builder.rsplit(".", 1)
+    module = importlib.import_module(module)
+    if not spec.pretrained:
+        if imagenet:
+            raise ValueError(f"the {spec.name} backbone has no ImageNet weights; use 'none' or a file")
+        return getattr(module, attr)()
+    weights = getattr(getattr(module, spec.weights_enum), spec.weights_version) if imagenet else None
     try:
-        model = getattr(tvm, name)(weights=weights if imagenet else None)
+        model = getattr(module, attr)(weights=weights)
     except OSError as exc:  # the download (urllib's URLError is an OSError); cached weights need none
-        raise VidclsError(f"could not get the ImageNet weights of {name} ({getattr(exc, 'reason', exc)}): "
+        raise VidclsError(f"could not get the ImageNet weights of {spec.name} ({getattr(exc, 'reason', exc)}): "
                           "on a machine without internet access pass --weights FILE (a state dict you "
                           "have), or --weights none (random; for tests)") from None
-    if name.startswith("resnet"):
-        model.fc = nn.Identity()
-    else:
-        model.classifier = nn.Identity()
+    setattr(model, spec.head, nn.Identity())
     return model
 
 
@@ -96,29 +97,28 @@ def require_runnable(config: VidclsConfig) -> None:
         raise BackboneUnavailable(
             f"these {config.feature_dim}-d features came from files made outside vidcls (backbone "
             f"{EXTERNAL_BACKBONE!r}): training and evaluation on feature files work, but extraction and "
-            f"export need a backbone vidcls can run ({', '.join(sorted(BACKBONE_DIMS))})")
+            f"export need a backbone vidcls can run ({', '.join(sorted(BACKBONES))})")
 
 
 def build_backbone(config: VidclsConfig, weights: str = "none", seed: int = 0) -> FrameBackbone:
     """The backbone of ``config``; ``weights`` is 'imagenet', 'none' or a path to a state dict."""
     require_runnable(config)
-    name = config.backbone
-    if name not in BACKBONE_DIMS:
-        raise ValueError(f"unknown backbone {name!r}")
+    spec = BACKBONES.get(config.backbone)
+    if spec is None:
+        raise ValueError(f"unknown backbone {config.backbone!r}")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # 'none' is random but reproducible: extraction and export agree
     try:
-        if name == "tiny":
-            cnn: nn.Module = TinyCNN(BACKBONE_DIMS["tiny"])
-            if weights == "imagenet":
-                raise ValueError("the tiny backbone has no ImageNet weights; use 'none' or a file")
-        else:
-            cnn = _torchvision_model(name, imagenet=(weights == "imagenet"))
+        cnn = build_cnn(spec, imagenet=(weights == "imagenet"))
     finally:
         torch.random.set_rng_state(gen_state)
     if weights not in ("none", "imagenet"):
         cnn.load_state_dict(_load_state_dict(Path(weights)))
     return FrameBackbone(cnn, config.mean, config.std)
+
+
+# Parameter name prefixes of the classification heads (the records' ``head``).
+_HEADS = tuple(sorted({f"{spec.head}." for spec in BACKBONES.values() if spec.head}))
 
 
 def _load_state_dict(path: Path) -> dict:
@@ -131,7 +131,7 @@ def _load_state_dict(path: Path) -> dict:
     else:  # weights_only: a state dict of tensors, never arbitrary pickled objects
         state = torch.load(path, map_location="cpu", weights_only=True)
     # The classification head was replaced by identity; a full torchvision state dict still loads.
-    return {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+    return {k: v for k, v in state.items() if not k.startswith(_HEADS)}
 
 
 @torch.inference_mode()

@@ -7,35 +7,12 @@ runs the whole batch of requests through as few ONNX Runtime calls as possible.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from vidcls.ort import chunked_run
+from vidcls.ort import chunked_run, session_threads
 from vidcls.triton_models.base import BatchedModel
 
 MODEL_FILE = "model.onnx"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # a container's cpuset, not the host's core count
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def session_threads(config, role: str, instances: int = 1) -> int:
-    """intra-op threads of ``role``'s ('backbone' | 'temporal') session: the per-role setting,
-    else ``ort_intra_op_threads``. For the backbone 0 = every usable core (a container's cpuset,
-    which ONNX Runtime's own default does not read) and -1 = the usable cores split among its
-    ``instances``; otherwise 0 = ONNX Runtime's default (one per physical core)."""
-    s = config.serving
-    if role == "backbone":
-        own = int(s.backbone_threads)
-        if own < 0:
-            return max(1, usable_cores() // max(1, instances))
-        return own or int(s.ort_intra_op_threads) or usable_cores()
-    return int(s.temporal_threads or s.ort_intra_op_threads)
 
 
 def instance_count(model_config: dict) -> int:
